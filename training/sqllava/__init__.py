@@ -1,0 +1,1 @@
+"""Reference SQ-LLaVA modules (PyTorch) shared by export, conversion, training and evaluation."""
