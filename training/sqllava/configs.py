@@ -26,16 +26,19 @@ PRESETS: Dict[str, SQLLaVAConfig] = {
     # (64 -> 24 is a non-integer pool, as 576 -> 256 is), grouped KV heads.
     "micro": SQLLaVAConfig(
         vision=VisionConfig(image_size=112, patch_size=14, hidden_size=128, intermediate_size=512,
-                            num_layers=4, num_heads=4),
+                            num_layers=5, num_heads=4),  # select_layer -2: 4 layers used
         text=TextConfig(hidden_size=192, intermediate_size=512, num_layers=4, num_heads=6,
                         num_kv_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6),
         num_prototypes=24,
     ),
-    # Random-weight test model for golden files and unit tests (fast, still GQA + odd pooling)
+    # Random-weight test model for golden files and unit tests (fast, still GQA + odd pooling:
+    # 16 patches -> 6 centres). The text width is 8 so that the 32,000-token embedding and
+    # lm_head (the real vocabulary) stay ~1 MB each: the golden bundle (test/fixtures/golden),
+    # fp32 + fp16, is ~3.5 MB.
     "tiny": SQLLaVAConfig(
         vision=VisionConfig(image_size=56, patch_size=14, hidden_size=32, intermediate_size=64,
                             num_layers=3, num_heads=2),
-        text=TextConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+        text=TextConfig(hidden_size=8, intermediate_size=32, num_layers=2, num_heads=4,
                         num_kv_heads=2, max_position_embeddings=256),
         num_prototypes=6,
     ),

@@ -308,12 +308,15 @@ class LlamaAttention(nn.Module):
         k = torch.cat([past[0], k], dim=2)
         v = torch.cat([past[1], v], dim=2)
         present = (k, v)
+        # Grouped KV heads: query head h reads KV head h // rep (as `repeat_interleave(rep, 1)` on
+        # k and v), computed by grouping the queries [B,kvH,rep,T,D] against k/v broadcast over
+        # `rep`. (torch 1.13's ONNX export of repeat_interleave here fails in onnxruntime, "left
+        # operand cannot broadcast on dim 1", and an expand+Reshape over the cache axis would
+        # break on the empty first-step cache, ONNX Reshape reading a 0 as "copy this dim".)
         rep = c.num_heads // c.num_kv_heads
-        if rep > 1:  # grouped KV heads
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(c.head_dim) + mask
-        y = att.softmax(dim=-1) @ v
+        qg = q.reshape(b, c.num_kv_heads, rep, t, c.head_dim)
+        att = (qg @ k.unsqueeze(2).transpose(-2, -1)) / math.sqrt(c.head_dim) + mask.unsqueeze(1)
+        y = (att.softmax(dim=-1) @ v.unsqueeze(2)).reshape(b, c.num_heads, t, c.head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1)), present
 
 
