@@ -65,6 +65,7 @@ export interface QuizEvent extends TokenEvent {
 
 export interface QuizOptions extends Omit<RunOptions, 'onToken'> {
   rounds: number;
+  /** (`maxNewTokens` caps every part: description, each question, each answer.) */
   onToken?: (ev: QuizEvent) => void;
 }
 
@@ -205,7 +206,7 @@ export async function quiz(ctx: TaskContext, image: ImageEmbedding, o: QuizOptio
       : samplingFor(spec, o);
     const r = await generate(ctx.runner, ctx.tokenizer, seq, {
       ...common,
-      maxNewTokens: spec.max_new_tokens,
+      maxNewTokens: Math.min(spec.max_new_tokens, o.maxNewTokens ?? Infinity),
       sampling,
       rng: sampling.temperature > 0 ? rng : null,
       onToken: o.onToken ? (ev) => o.onToken!({ ...ev, part, round }) : undefined,

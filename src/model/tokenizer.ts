@@ -79,6 +79,7 @@ export class TextTokenizer {
 
   decode(ids: readonly number[], opts: { skipSpecial?: boolean } = {}): string {
     const real = ids.filter((id) => id >= 0);
+    if (real.length === 0) return ''; // the library throws on an empty list
     return this.tok.decode(real, { skip_special_tokens: opts.skipSpecial ?? true, clean_up_tokenization_spaces: false });
   }
 
