@@ -1,0 +1,429 @@
+"""Trains the micro SQ-LLaVA on the shapes world and exports models/sq-llava-micro.
+
+    /usr/bin/python3 -m training.train                       # the committed bundle, from nothing
+    /usr/bin/python3 -m training.train --variant no_sq       # ablation: no self-questioning
+    /usr/bin/python3 -m training.train --variant no_proto    # ablation: no prototype extractor
+
+Stages (training/README.md explains what is frozen and why):
+  0  vision pretraining -- stands in for CLIP, which does not exist at this scale: the ViT and a
+     throw-away per-cell probe learn shape/colour/size/occupancy of the 3x3 grid and the background.
+  1  alignment -- captions (v1), prototype extractor + projector + LLaMA decoder trained, ViT frozen.
+  2  instruction tuning -- v1_sq conversations (later human turns -> VUSER with p=0.5, loss on
+     VUSER questions and answers) mixed with single-turn v1 samples; everything trained.
+
+Resumable: progress is checkpointed to runs/<name>/ckpt.pt every few minutes; rerunning the same
+command continues from it. Every batch is a pure function of (seed, stage, step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
+                           scene_and_image, step_rng)
+from training.sqllava.configs import PRESETS, config_to_dict
+from training.sqllava.model import SQLLaVA, SQLLaVAConfig, count_parameters
+from training.world.render import render_augmented
+from training.world.scene import BACKGROUNDS, COLOURS, SHAPES, scene_for
+
+TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
+
+
+@dataclass
+class Schedule:
+    stage0_steps: int = 300
+    stage0_batch: int = 48
+    stage0_lr: float = 1e-3
+    stage1_steps: int = 250
+    stage1_batch: int = 16
+    stage1_lr: float = 1e-3
+    stage2_steps: int = 1100
+    stage2_batch: int = 16
+    stage2_lr: float = 8e-4
+    vision_lr_scale: float = 0.3  # stage 2: the ViT moves slower than the rest
+    warmup: int = 50
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    sq_r: float = 0.5
+    p_sharp: float = 0.15
+    sampled_negatives: int = 3000  # sampled softmax: random vocabulary rows per step besides the world's words
+    full_softmax_tail: float = 0.15  # the last part of stage 2 uses the exact 32,000-way softmax
+
+
+SCHEDULES: Dict[str, Schedule] = {
+    "full": Schedule(),
+    "smoke": Schedule(stage0_steps=6, stage0_batch=8, stage1_steps=4, stage1_batch=4, stage2_steps=6,
+                      stage2_batch=4, warmup=2, p_sharp=0.5),
+}
+
+
+# ----------------------------------------------------------------------------- stage 0 probe
+
+class CellProbe(nn.Module):
+    """Reads the ViT tokens out per grid cell (average of the patches under the cell, found from
+    the scene's aspect ratio and the square padding) and for the background. Only used in
+    stage 0; not part of the model."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU())
+        self.shape = nn.Linear(2 * d, len(SHAPES) + 1)  # + empty
+        self.colour = nn.Linear(2 * d, len(COLOURS))
+        self.size = nn.Linear(2 * d, 2)
+        self.bg = nn.Linear(d, len(BACKGROUNDS))
+
+    def forward(self, tokens, pool):
+        h = self.mlp(self.norm(pool @ tokens))
+        return self.shape(h), self.colour(h), self.size(h), self.bg(tokens.mean(1))
+
+
+def cell_pool(aspect: float, grid: int) -> torch.Tensor:
+    """[9, grid*grid] weights: each cell's overlap with each patch, rows summing to 1."""
+    w, h = (1.0, 1.0 / aspect) if aspect >= 1 else (aspect, 1.0)
+    x0, y0 = (1 - w) / 2, (1 - h) / 2
+    edges = torch.linspace(0, 1, grid + 1)
+    m = torch.zeros(9, grid * grid)
+    for cell in range(9):
+        r, c = divmod(cell, 3)
+        cx0, cx1 = x0 + c * w / 3, x0 + (c + 1) * w / 3
+        cy0, cy1 = y0 + r * h / 3, y0 + (r + 1) * h / 3
+        ox = (torch.minimum(edges[1:], torch.tensor(cx1)) - torch.maximum(edges[:-1], torch.tensor(cx0))).clamp(min=0)
+        oy = (torch.minimum(edges[1:], torch.tensor(cy1)) - torch.maximum(edges[:-1], torch.tensor(cy0))).clamp(min=0)
+        m[cell] = (oy[:, None] * ox[None, :]).flatten()
+    return m / m.sum(1, keepdim=True)
+
+
+def probe_targets(scenes):
+    b = len(scenes)
+    shape = torch.full((b, 9), len(SHAPES), dtype=torch.long)
+    colour = torch.full((b, 9), -100, dtype=torch.long)
+    size = torch.full((b, 9), -100, dtype=torch.long)
+    bg = torch.tensor([BACKGROUNDS.index(s.background) for s in scenes])
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            shape[i, o.cell] = SHAPES.index(o.shape)
+            colour[i, o.cell] = COLOURS.index(o.colour)
+            size[i, o.cell] = 0 if o.size == "small" else 1
+    return shape, colour, size, bg
+
+
+# ----------------------------------------------------------------------------- model
+
+def build_model(preset: str, variant: str) -> SQLLaVA:
+    cfg = PRESETS[preset]
+    if variant == "no_proto":
+        cfg = SQLLaVAConfig(vision=cfg.vision, text=cfg.text, num_prototypes=cfg.num_prototypes,
+                            cluster_iters=cfg.cluster_iters, use_prototypes=False)
+    model = SQLLaVA(cfg)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+    return model
+
+
+def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: Optional[torch.Tensor] = None
+            ) -> torch.Tensor:
+    """Next-token loss on the batch's target tokens.
+
+    `candidates` (sorted token ids, holding every target) restricts the softmax to those rows of
+    lm_head -- a sampled softmax (the world's words plus random negatives) that cuts the
+    32,000-way projection, the largest cost of a step; None is the exact full-vocabulary loss.
+    """
+    b, t = batch.rest_ids.shape
+    pre = model.embed(batch.prefix_ids[None])
+    tp = pre.shape[1]
+    # the first chunk (system + "USER: ") is the same for the whole batch: run it once, share its KV
+    _, past = model.decode(pre, torch.ones(1, tp, dtype=torch.long), torch.arange(tp)[None],
+                           logits_for=torch.zeros(1, tp, dtype=torch.bool))
+    past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past]
+    if vision_grad:
+        img = model.encode_images(batch.pixels)
+    else:
+        with torch.no_grad():
+            feats = model.model.vision_tower(batch.pixels)
+        img = model.model.mm_projector(feats)
+    n = img.shape[1]
+    emb = torch.cat([img, model.embed(batch.rest_ids)], dim=1)
+    am = torch.cat([torch.ones(b, tp + n, dtype=torch.long), batch.rest_mask], dim=1)
+    pos = (tp + torch.arange(n + t))[None].expand(b, -1)
+    lf = torch.zeros(b, n + t, dtype=torch.bool)
+    lf[:, n - 1:n - 1 + t] = batch.labels
+    targets = batch.rest_ids[batch.labels]
+    if candidates is None:
+        logits, _ = model.decode(emb, am, pos, past, logits_for=lf)
+        return F.cross_entropy(logits.float(), targets)
+    head = model.lm_head
+    try:
+        model.lm_head = nn.Identity()  # decode returns the final hidden states at the loss positions
+        hidden, _ = model.decode(emb, am, pos, past, logits_for=lf)
+    finally:
+        model.lm_head = head
+    logits = hidden @ head.weight[candidates].t()
+    return F.cross_entropy(logits, torch.searchsorted(candidates, targets))
+
+
+def world_vocabulary(enc: TextEncoder, n_scenes: int = 400) -> torch.Tensor:
+    """Token ids of the world's language (captions, every phrasing, answers, templates)."""
+    ids = set()
+    for i in range(n_scenes):
+        scene = scene_for("train", 90_000_000 + i)
+        rng = random.Random(i)
+        for stage, template in ((1, "v1"), (2, "v1"), (2, "v1_sq"), (2, "v1_sq")):
+            s = make_sample(scene, rng, stage, template, 0.5)
+            ids.update(enc.first_chunk(s.first))
+            ids.update(enc.rest(s.pieces)[0])
+    return torch.tensor(sorted(ids))
+
+
+def candidates_for(world: torch.Tensor, targets: torch.Tensor, vocab: int, n_neg: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    neg = torch.randint(0, vocab, (n_neg,), generator=g)
+    return torch.unique(torch.cat([world, targets, neg]))
+
+
+# ----------------------------------------------------------------------------- batches
+
+class Data:
+    def __init__(self, cfg: SQLLaVAConfig, enc: TextEncoder, seed: int, sched: Schedule, sharp: Optional[SharpPool]):
+        self.cfg, self.enc, self.seed, self.sched, self.sharp = cfg, enc, seed, sched, sharp
+
+    def vision_batch(self, step: int, bsz: int):
+        scenes, pix = [], []
+        for i in range(bsz):
+            rng = step_rng(self.seed, 0, step, i)
+            s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
+            scenes.append(s)
+            pix.append(p)
+        return torch.stack(pix), scenes
+
+    def lm_batch(self, stage: int, step: int, bsz: int, sq_r: float) -> Batch:
+        template = "v1" if stage == 1 or step % 2 == 0 else "v1_sq"
+        samples, pix = [], []
+        for i in range(bsz):
+            rng = step_rng(self.seed, stage, step, i)
+            s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
+            samples.append(make_sample(s, rng, stage, template, sq_r))
+            pix.append(p)
+        return collate(samples, pix, self.enc)
+
+
+def val_batches(cfg: SQLLaVAConfig, enc: TextEncoder, sq_r: float, n: int = 16) -> List[Batch]:
+    out = []
+    for template in ("v1", "v1_sq"):
+        samples, pix = [], []
+        for i in range(n):
+            scene = scene_for("val", i)
+            rng = random.Random(i)
+            pix.append(preprocess_image(render_augmented(scene, rng, strength=0.0), cfg.vision.image_size))
+            samples.append(make_sample(scene, rng, 2, template, sq_r))
+        out.append(collate(samples, pix, enc))
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+def cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def make_optimizer(model: SQLLaVA, probe: Optional[CellProbe], stage: int, sched: Schedule):
+    v = list(model.model.vision_tower.parameters())
+    rest = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
+    if stage == 0:
+        groups = [{"params": v + list(probe.parameters()), "lr": sched.stage0_lr}]
+    elif stage == 1:
+        groups = [{"params": rest, "lr": sched.stage1_lr}]
+    else:
+        groups = [{"params": rest, "lr": sched.stage2_lr},
+                  {"params": v, "lr": sched.stage2_lr * sched.vision_lr_scale}]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=sched.weight_decay)
+
+
+def save_ckpt(path: str, state: dict):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(args, tokenizer=None) -> SQLLaVA:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    sched = SCHEDULES[args.schedule]
+    if args.variant == "no_sq":
+        sched.sq_r = 0.0
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "ckpt.pt")
+    if tokenizer is None:
+        from training.sqllava.tokenizer import LlamaTokenizer
+        tokenizer = LlamaTokenizer.from_file(TOKENIZER_JSON)
+    enc = TextEncoder(tokenizer)
+    model = build_model(args.preset, args.variant)
+    cfg = model.cfg
+    probe = CellProbe(cfg.vision.hidden_size)
+    print(f"[train] {args.variant}: {count_parameters(model) / 1e6:.2f}M parameters, schedule {args.schedule}, "
+          f"out {args.out}", flush=True)
+    sharp = SharpPool(os.path.join(args.cache, "sharp"), args.sharp_pool) if sched.p_sharp > 0 else None
+    data = Data(cfg, enc, args.seed, sched, sharp)
+    vals = val_batches(cfg, enc, sched.sq_r, n=8 if args.schedule == "smoke" else 24)
+    world = world_vocabulary(enc, 20 if args.schedule == "smoke" else 400)
+    print(f"[train] world vocabulary: {len(world)} token ids", flush=True)
+
+    stage, step, elapsed = 0, 0, 0.0
+    opt_state = None
+    history: List[dict] = []
+    if os.path.exists(ckpt_path) and not args.fresh:
+        ck = torch.load(ckpt_path)
+        model.load_state_dict(ck["model"])
+        probe.load_state_dict(ck["probe"])
+        stage, step, elapsed, opt_state, history = ck["stage"], ck["step"], ck["elapsed"], ck["opt"], ck["history"]
+        print(f"[train] resumed from {ckpt_path}: stage {stage} step {step} ({elapsed / 60:.1f} min so far)", flush=True)
+    elif args.init_vision_from:
+        ck = torch.load(args.init_vision_from)
+        vt = {k[len("model.vision_tower."):]: v for k, v in ck["model"].items() if k.startswith("model.vision_tower.")}
+        model.model.vision_tower.load_state_dict(vt)
+        stage = 1
+        print(f"[train] stage 0 (vision pretraining) shared from {args.init_vision_from}", flush=True)
+
+    steps = {0: sched.stage0_steps, 1: sched.stage1_steps, 2: sched.stage2_steps}
+    last_ckpt = time.time()
+    while stage <= 2:
+        total = steps[stage]
+        opt = make_optimizer(model, probe, stage, sched)
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+            opt_state = None
+        for p in model.parameters():
+            p.requires_grad_(stage != 0 or False)
+        if stage == 0:
+            for p in model.model.vision_tower.parameters():
+                p.requires_grad_(True)
+        elif stage == 1:
+            for p in model.model.vision_tower.parameters():
+                p.requires_grad_(False)
+        model.train()
+        ema = None
+        t0 = time.time()
+        t_data = 0.0
+        while step < total:
+            lr_f = cosine(step, total, sched.warmup)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * lr_f
+            ts = time.time()
+            if stage == 0:
+                pix, scenes = data.vision_batch(step, sched.stage0_batch)
+                t_data += time.time() - ts
+                sh, co, si, bg = probe_targets(scenes)
+                grid = cfg.vision.image_size // cfg.vision.patch_size
+                pool = torch.stack([cell_pool(sc.aspect, grid) for sc in scenes])
+                o_sh, o_co, o_si, o_bg = probe(model.model.vision_tower(pix), pool)
+                loss = (F.cross_entropy(o_sh.flatten(0, 1), sh.flatten())
+                        + F.cross_entropy(o_co.flatten(0, 1), co.flatten(), ignore_index=-100)
+                        + 0.5 * F.cross_entropy(o_si.flatten(0, 1), si.flatten(), ignore_index=-100)
+                        + 0.5 * F.cross_entropy(o_bg, bg))
+            else:
+                bsz = sched.stage1_batch if stage == 1 else sched.stage2_batch
+                batch = data.lm_batch(stage, step, bsz, sched.sq_r)
+                t_data += time.time() - ts
+                cand = None
+                if sched.sampled_negatives and not (stage == 2 and step >= total * (1 - sched.full_softmax_tail)):
+                    cand = candidates_for(world, batch.rest_ids[batch.labels], cfg.text.vocab_size,
+                                          sched.sampled_negatives, args.seed * 1_000_003 + stage * 100_003 + step)
+                loss = lm_loss(model, batch, vision_grad=stage == 2, candidates=cand)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for g in opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, sched.clip)
+            opt.step()
+            step += 1
+            lv = loss.item()
+            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+            now = time.time()
+            if step % args.log_every == 0 or step == total:
+                dt = (now - t0) / max(1, step - (history[-1]["step"] if history and history[-1]["stage"] == stage else 0))
+                print(f"[stage {stage}] step {step}/{total} loss {lv:.4f} (ema {ema:.4f}) lr {opt.param_groups[0]['lr']:.2e} "
+                      f"{dt:.2f}s/step (data {t_data / max(1e-9, now - t0) * 100:.0f}%) "
+                      f"elapsed {(elapsed + now - t0) / 60:.1f} min", flush=True)
+                history.append({"stage": stage, "step": step, "loss": ema})
+                elapsed += now - t0
+                t0, t_data = now, 0.0
+            if stage > 0 and (step % args.val_every == 0 or step == total):
+                model.eval()
+                with torch.no_grad():
+                    vl = [lm_loss(model, vb).item() for vb in vals]
+                model.train()
+                print(f"[stage {stage}] val loss v1 {vl[0]:.4f} v1_sq {vl[1]:.4f}", flush=True)
+            if time.time() - last_ckpt > args.ckpt_seconds or step == total:
+                elapsed += time.time() - t0
+                t0 = time.time()
+                save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), "stage": stage,
+                                      "step": step, "elapsed": elapsed, "opt": opt.state_dict(),
+                                      "history": history, "config": config_to_dict(cfg), "variant": args.variant})
+                last_ckpt = time.time()
+        if stage == 0:
+            save_ckpt(os.path.join(args.out, "stage0.pt"), {"model": model.state_dict()})
+        stage, step = stage + 1, 0
+        save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), "stage": stage, "step": 0,
+                              "elapsed": elapsed, "opt": None, "history": history, "config": config_to_dict(cfg),
+                              "variant": args.variant})
+    if enc.inexact:
+        print(f"[train] note: {enc.inexact} loss-mask prefixes did not tokenise as exact prefixes", flush=True)
+    model.eval()
+    final = os.path.join(args.out, "final.pt")
+    torch.save({"model": model.state_dict(), "config": config_to_dict(cfg), "variant": args.variant,
+                "elapsed": elapsed, "history": history, "schedule": sched.__dict__}, final)
+    print(f"[train] done in {elapsed / 60:.1f} min of training; weights at {final}", flush=True)
+    return model
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="micro")
+    ap.add_argument("--variant", default="full", choices=["full", "no_sq", "no_proto"])
+    ap.add_argument("--schedule", default="full", choices=sorted(SCHEDULES))
+    ap.add_argument("--out", default=None, help="run folder (default runs/micro-<variant>)")
+    ap.add_argument("--cache", default="runs/cache")
+    ap.add_argument("--sharp-pool", type=int, default=3000)
+    ap.add_argument("--init-vision-from", default=None,
+                    help="share stage 0 (vision pretraining) from another run's stage0.pt")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--val-every", type=int, default=100)
+    ap.add_argument("--ckpt-seconds", type=float, default=240)
+    ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    ap.add_argument("--export", default=None, help="bundle folder to write at the end (e.g. models/sq-llava-micro)")
+    args = ap.parse_args(argv)
+    args.out = args.out or f"runs/micro-{args.variant}"
+    final = os.path.join(args.out, "final.pt")
+    if os.path.exists(final) and not args.fresh:
+        print(f"[train] {final} exists; skipping training", flush=True)
+    else:
+        train(args)
+    if args.export:
+        from training.bundle import export_micro
+        export_micro(final, args.export)
+
+
+if __name__ == "__main__":
+    main()
