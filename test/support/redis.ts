@@ -35,13 +35,15 @@ export async function startRedis(): Promise<TestRedis> {
   // Each test file gets its own database index so parallel jest workers don't collide.
   const db = child ? 0 : 1 + (Number(process.env.JEST_WORKER_ID ?? 1) % 15);
   const clients: Redis[] = [];
-  const probe = new Redis(url, { db, lazyConnect: true, maxRetriesPerRequest: 1 });
+  let probe: Redis;
   for (let i = 0; ; i++) {
+    probe = new Redis(url, { db, lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null });
     try {
       await probe.connect();
       await probe.flushdb();
       break;
     } catch (err) {
+      probe.disconnect();
       if (i > 50) throw err;
       await new Promise((r) => setTimeout(r, 100));
     }
