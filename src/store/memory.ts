@@ -2,6 +2,8 @@
 
 import { LRUCache } from 'lru-cache';
 import type { Conversation, ConversationStore, ImageStore } from '../core/conversation';
+import type { ResultCache } from '../core/result-cache';
+import type { JobResult } from '../inference/types';
 import { takeFromBucket, bucketTtlMs, type BucketPolicy, type BucketState, type RateDecision, type RateLimiter } from '../core/rate-limit';
 
 export class MemoryConversationStore implements ConversationStore {
@@ -50,5 +52,22 @@ export class MemoryRateLimiter implements RateLimiter {
     const { state, decision } = takeFromBucket(this.buckets.get(key), policy, this.now(), cost);
     this.buckets.set(key, state, { ttl: bucketTtlMs(policy) });
     return decision;
+  }
+}
+
+export class MemoryResultCache implements ResultCache {
+  private readonly cache: LRUCache<string, JobResult>;
+
+  constructor(options: { max: number; ttlMs: number }) {
+    this.cache = new LRUCache({ max: options.max, ttl: options.ttlMs });
+  }
+
+  async get(key: string): Promise<JobResult | undefined> {
+    const r = this.cache.get(key);
+    return r && structuredClone(r);
+  }
+
+  async set(key: string, result: JobResult): Promise<void> {
+    this.cache.set(key, structuredClone(result));
   }
 }

@@ -5,6 +5,8 @@
 
 import type { Redis } from 'ioredis';
 import type { Conversation, ConversationStore, ImageStore } from '../core/conversation';
+import type { ResultCache } from '../core/result-cache';
+import type { JobResult } from '../inference/types';
 import { bucketTtlMs, type BucketPolicy, type RateDecision, type RateLimiter } from '../core/rate-limit';
 
 export class RedisConversationStore implements ConversationStore {
@@ -93,5 +95,25 @@ export class RedisRateLimiter implements RateLimiter {
     const run = (this.redis as unknown as { curioTakeToken(...args: Array<string | number>): Promise<number> }).curioTakeToken;
     const retryAfterMs = await run.call(this.redis, `${this.prefix}:rate:${key}`, policy.capacity, policy.refillPerSecond, cost, bucketTtlMs(policy));
     return retryAfterMs > 0 ? { allowed: false, retryAfterMs } : { allowed: true };
+  }
+}
+
+export class RedisResultCache implements ResultCache {
+  constructor(
+    private readonly redis: Redis,
+    private readonly options: { ttlMs: number; prefix?: string },
+  ) {}
+
+  private key(k: string): string {
+    return `${this.options.prefix ?? 'curio'}:result:${k}`;
+  }
+
+  async get(key: string): Promise<JobResult | undefined> {
+    const raw = await this.redis.get(this.key(key));
+    return raw ? (JSON.parse(raw) as JobResult) : undefined;
+  }
+
+  async set(key: string, result: JobResult): Promise<void> {
+    await this.redis.set(this.key(key), JSON.stringify(result), 'PX', this.options.ttlMs);
   }
 }
