@@ -171,7 +171,7 @@ def chunks(n: int, size: int):
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], images: torch.Tensor, *,
-                   n_sq: int = 5, batch: int = 48, seed: int = 0, log=print, examples: int = 0) -> Dict:
+                   n_sq: int = 5, batch: int = 48, seed: int = 0, log=print, examples: int = 0, sq: bool = True) -> Dict:
     torch.manual_seed(seed)
     p = Prompter(model, tok)
     n = len(scenes)
@@ -214,6 +214,9 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
         log(f"    answers: {res['answer']:.1f}% ({time.time() - t0:.0f}s)")
 
         # 3. self-questioning, as /quiz: detailed description, then VUSER samples, then answers
+        if not sq:
+            res.update(sq_valid=float("nan"), diversity=float("nan"), sq_answer=float("nan"), seconds=time.time() - t0)
+            return res
         gen = torch.Generator().manual_seed(seed)
         valid, distinct, sq_ok, forms_seen = [], [], [], defaultdict(int)
         sq_examples = []
@@ -260,14 +263,32 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
     return res
 
 
-def test_images(n: int, size: int, seed_offset: int = 0, augment: bool = True) -> Tuple[List[Scene], torch.Tensor]:
-    scenes, pix = [], []
-    for i in range(n):
-        sc = scene_for("test", seed_offset + i)
-        rng = random.Random(("test-render", seed_offset + i).__hash__() if False else 7_777_777 + seed_offset + i)
-        scenes.append(sc)
-        pix.append(preprocess_image(render_augmented(sc, rng, strength=1.0 if augment else 0.0), size))
-    return scenes, torch.stack(pix)
+def test_images(n: int, size: int, seed_offset: int = 0, augment: bool = True, renderer: str = "pil"
+                ) -> Tuple[List[Scene], torch.Tensor]:
+    """Test scenes rendered by PIL (with the training augmentations) or as SVG rasterised by
+    sharp/librsvg (then JPEG/alpha/blur the same way)."""
+    import os
+    import subprocess
+    import tempfile
+    from PIL import Image
+    from training.world.render import augment as augment_image, random_long_edge, render_svg
+
+    scenes = [scene_for("test", seed_offset + i) for i in range(n)]
+    rngs = [random.Random(7_777_777 + seed_offset + i) for i in range(n)]
+    if renderer == "pil":
+        imgs = [render_augmented(sc, rng, strength=1.0 if augment else 0.0) for sc, rng in zip(scenes, rngs)]
+    else:
+        with tempfile.TemporaryDirectory(prefix="curio-eval-svg-") as tmp:
+            jobs = [{"svg": render_svg(sc, random_long_edge(rng) if augment else 224), "out": f"{tmp}/{i}.png"}
+                    for i, (sc, rng) in enumerate(zip(scenes, rngs))]
+            with open(f"{tmp}/jobs.json", "w") as f:
+                json.dump(jobs, f)
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "world", "render_sharp.mjs")
+            subprocess.run(["node", script, f"{tmp}/jobs.json"], check=True, capture_output=True)
+            imgs = [Image.open(j["out"]).convert("RGB") for j in jobs]
+        if augment:
+            imgs = [augment_image(im, rng) for im, rng in zip(imgs, rngs)]
+    return scenes, torch.stack([preprocess_image(im, size) for im in imgs])
 
 
 BAR = {"caption": 90.0, "answer": 90.0, "answer_min_form": 80.0, "sq_valid": 90.0, "sq_answer": 85.0}
@@ -315,9 +336,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clean", action="store_true", help="no augmentation of the test renders")
+    ap.add_argument("--renderer", default="pil", choices=["pil", "sharp"],
+                    help="pil: the PIL renderer; sharp: SVG rasterised by sharp/librsvg")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write all numbers (and examples) here")
     ap.add_argument("--examples", type=int, default=0)
+    ap.add_argument("--no-sq", action="store_true", help="captions and answers only (faster)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = LlamaTokenizer.from_file(TOKENIZER_JSON)
@@ -335,10 +359,12 @@ def main(argv=None) -> int:
         if not __import__("os").path.isdir(path):
             model = fp16_rounded(model)
         if images is None:
-            scenes, images = test_images(args.scenes, model.cfg.vision.image_size, augment=not args.clean)
-            print(f"[eval] {args.scenes} test scenes (seeds from the test range, never trained on)", flush=True)
+            scenes, images = test_images(args.scenes, model.cfg.vision.image_size, augment=not args.clean,
+                                         renderer=args.renderer)
+            print(f"[eval] {args.scenes} test scenes (seeds from the test range, never trained on; "
+                  f"renderer {args.renderer}{', augmented' if not args.clean else ''})", flush=True)
         print(f"[eval] {name}", flush=True)
-        r = evaluate_model(model, tok, scenes, images, seed=args.seed, examples=args.examples,
+        r = evaluate_model(model, tok, scenes, images, seed=args.seed, examples=args.examples, sq=not args.no_sq,
                            log=lambda m: print(m, flush=True))
         rows.append((name, r))
     print()

@@ -63,6 +63,8 @@ class Schedule:
 
 SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
+    # the ablations' schedule when time is short (stage 0 shared with the main run)
+    "short": Schedule(stage1_steps=80, stage2_steps=350),
     "smoke": Schedule(stage0_steps=6, stage0_batch=8, stage1_steps=4, stage1_batch=4, stage2_steps=6,
                       stage2_batch=4, warmup=2, p_sharp=0.5),
 }
