@@ -32,13 +32,27 @@ export interface InferenceJob {
   detail?: 'brief' | 'detailed';
   /** ask: the question; chat: the new user message. */
   text?: string;
-  /** quiz: number of self-questioning rounds. */
+  /**
+   * quiz: number of self-questioning rounds (default 1). A quiz job that carries `history`
+   * (the quiz conversation so far) asks *more* rounds on that conversation ("one more round")
+   * instead of starting a new quiz; its result's `text` is then empty and `rounds` holds only
+   * the new rounds.
+   */
   rounds?: number;
   /**
    * chat: the conversation so far (template + turns), so a worker that lacks the cached state
    * rebuilds it exactly (re-prefill) instead of failing.
    */
-  history?: { template: TemplateName; turns: ConversationTurn[] };
+  history?: {
+    template: TemplateName;
+    turns: ConversationTurn[];
+    /**
+     * Optional (extension): the conversation's token ids as returned in
+     * `JobResult.conversationTokens`. With them a rebuild is token-exact; without them the
+     * worker re-tokenises the turns' text (equal whenever the text round-trips).
+     */
+    tokens?: number[];
+  };
   seed?: number;
   maxNewTokens?: number;
   priority: Priority;
@@ -76,6 +90,11 @@ export interface JobResult {
   /** The conversation as it now stands (what core stores for follow-ups). */
   template: TemplateName;
   turns: ConversationTurn[];
+  /**
+   * Extension: every token id of the conversation (the image is one -200 entry). Store it and
+   * send it back as `history.tokens` so a worker without the cached state rebuilds it exactly.
+   */
+  conversationTokens?: number[];
   tokens: { prompt: number; generated: number };
   timings: JobTimings;
   /** Which cache entries were reused (for metrics). */
@@ -137,4 +156,8 @@ export interface InferenceStats {
   workers: number;
   workerRestarts: number;
   cache: { embeddingHits: number; embeddingMisses: number; conversationHits: number; conversationMisses: number };
+  /** Extension (local pool): bytes held by the caches. */
+  cacheBytes?: { embeddings: number; conversations: number };
+  /** Extension (local pool): continuous-batching decode steps over all workers. */
+  batches?: { steps: number; sequences: number; maxBatch: number; histogram: Record<number, number> };
 }

@@ -22,6 +22,13 @@ export interface TokenEvent {
   index: number;
 }
 
+/**
+ * What the generation loop needs from a runner. A scheduler may pass a wrapper instead of the
+ * ModelRunner itself, e.g. one that coalesces concurrent `decodeStep([seq])` calls of several
+ * in-flight generations into one batched step (continuous batching, src/inference/batcher.ts).
+ */
+export type DecodeRunner = Pick<ModelRunner, 'prefill' | 'decodeStep' | 'maxPositions'>;
+
 export interface GenerateOptions {
   maxNewTokens: number;
   sampling: SamplingParams;
@@ -63,7 +70,7 @@ const now = () => performance.now();
  * continuation feeds it together with its own new tokens. EOS, when produced, is kept in the
  * sequence: it closes the turn, as `sep2` does in the template.
  */
-export async function generate(runner: ModelRunner, tok: TextTokenizer, seq: Sequence, opts: GenerateOptions): Promise<GenerationResult> {
+export async function generate(runner: DecodeRunner, tok: TextTokenizer, seq: Sequence, opts: GenerateOptions): Promise<GenerationResult> {
   const t0 = now();
   const cancelled = () => (opts.shouldStop?.() ?? false) || (opts.signal?.aborted ?? false);
   const guard = opts.repetitionGuard === false ? null : (opts.repetitionGuard ?? DEFAULT_REPETITION_GUARD);

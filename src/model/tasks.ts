@@ -12,9 +12,12 @@ import { randomSeed, RepetitionGuard, Rng, SamplingParams } from './sampling';
 import { ImageEmbedding, Sequence } from './sequence';
 import type { TextTokenizer } from './tokenizer';
 
+/** The runner surface the tasks use (a ModelRunner, or a batching wrapper around one). */
+export type TaskRunner = Pick<ModelRunner, 'prefill' | 'decodeStep' | 'maxPositions' | 'hidden' | 'layers'>;
+
 export interface TaskContext {
   manifest: Manifest;
-  runner: ModelRunner;
+  runner: TaskRunner;
   tokenizer: TextTokenizer;
   repetitionGuard: RepetitionGuard | false;
 }
@@ -188,9 +191,24 @@ export function chat(ctx: TaskContext, seq: Sequence, message: string, o: RunOpt
  */
 export async function quiz(ctx: TaskContext, image: ImageEmbedding, o: QuizOptions, imageEncodeMs = 0): Promise<QuizResult> {
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new GenerationError('bad_request', 'rounds must be a positive integer');
+  const seq = openSequence(ctx, 'v1_sq', image, ctx.manifest.prompts.describe_detailed);
+  return runQuiz(ctx, seq, o, imageEncodeMs, true);
+}
+
+/**
+ * More self-questioning rounds on an existing v1_sq conversation ("one more round"): closes the
+ * last turn and continues with `VUSER:` question / ` ASSISTANT:` answer pairs on the same
+ * Sequence, so only the new tokens are computed. The result's `description` is empty.
+ */
+export async function continueQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptions): Promise<QuizResult> {
+  if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new GenerationError('bad_request', 'rounds must be a positive integer');
+  if (seq.template !== 'v1_sq') throw new GenerationError('bad_request', 'this conversation is not a quiz');
+  return runQuiz(ctx, seq, o, 0, false);
+}
+
+async function runQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptions, imageEncodeMs: number, describeFirst: boolean): Promise<QuizResult> {
   const t0 = performance.now();
   const tpl = ctx.manifest.templates.v1_sq;
-  const seq = openSequence(ctx, 'v1_sq', image, ctx.manifest.prompts.describe_detailed);
   const seed = o.seed ?? randomSeed();
   const rng = new Rng(seed);
   const gen = ctx.manifest.generation;
@@ -218,7 +236,7 @@ export async function quiz(ctx: TaskContext, image: ImageEmbedding, o: QuizOptio
     return r;
   };
 
-  const d = await step('describe', 'description', -1, false);
+  const d = describeFirst ? await step('describe', 'description', -1, false) : { text: '', finishReason: 'eos' as FinishReason };
   const rounds: QuizRound[] = [];
   let finish: FinishReason = d.finishReason;
   const stopped = (f: FinishReason) => f === 'cancelled' || f === 'context';
