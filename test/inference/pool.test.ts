@@ -140,7 +140,8 @@ describe('local inference pool', () => {
 describe('queue', () => {
   let inf: LocalInference;
   beforeAll(async () => {
-    inf = await createLocalInference({ bundleDir: BUNDLE, workers: 1, intraOpNumThreads: 1, concurrentTasksPerWorker: 1, maxQueue: 3 });
+    // A conversation cache too small for any state: every follow-up is a miss and re-prefills.
+    inf = await createLocalInference({ bundleDir: BUNDLE, workers: 1, intraOpNumThreads: 1, concurrentTasksPerWorker: 1, maxQueue: 3, conversationCacheBytes: 4096 });
   });
   afterAll(() => inf?.close());
 
@@ -170,6 +171,15 @@ describe('queue', () => {
     const order = [running, i1, b2].map((x) => x.events.find((e) => e.type === 'started'));
     expect(order.every(Boolean)).toBe(true);
     expect(inf.stats()).toMatchObject({ queued: 0, running: 0 });
+  });
+
+  it('bounds the conversation cache by bytes (a follow-up then rebuilds from history)', async () => {
+    const first = await collect(inf, job({ conversationId: 'small' })).result;
+    const misses = inf.stats().cache.conversationMisses;
+    const next = await collect(inf, job({ task: 'chat', conversationId: 'small', text: 'More?', history: { template: 'v1', turns: first.turns, tokens: first.conversationTokens } })).result;
+    expect(next.cache.conversation).toBe(false);
+    expect(inf.stats().cache.conversationMisses).toBe(misses + 1);
+    expect(inf.stats().cacheBytes!.conversations).toBeLessThanOrEqual(4096);
   });
 
   it('drops a queued job whose deadline passes', async () => {
