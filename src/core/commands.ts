@@ -291,7 +291,7 @@ export class Commands {
   }
 
   private followUpJob(req: CommandRequest, c: Conversation, command: 'followup' | 'more'): InferenceJob {
-    const history = { template: c.template, turns: c.turns };
+    const history = { template: c.template, turns: c.turns, ...(c.tokens ? { tokens: c.tokens } : {}) };
     const base = {
       id: this.newId(),
       image: { digest: c.imageDigest },
@@ -339,6 +339,7 @@ export class Commands {
   private async save(conversation: Conversation, result: JobResult): Promise<void> {
     conversation.template = result.template;
     conversation.turns = result.turns as Turn[];
+    if (result.conversationTokens) conversation.tokens = result.conversationTokens;
     conversation.updatedAt = this.now();
     if (result.worker) conversation.host = result.worker;
     await this.deps.conversations.save(conversation);

