@@ -6,11 +6,13 @@
 import { Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
 import type { Config } from './config';
-import { Commands, type CommandDeps } from './core/commands';
+import type { Commands, CommandDeps } from './core/commands';
 import type { InferenceClient } from './inference/types';
 import { createLocalInference, type LocalInference } from './inference';
 import { MemoryConversationStore, MemoryImageStore, MemoryRateLimiter, MemoryResultCache } from './store/memory';
 import { RedisConversationStore, RedisImageStore, RedisRateLimiter, RedisResultCache } from './store/redis';
+import { Metrics } from './observability/metrics';
+import { instrumentInference, ObservedCommands } from './observability/instrument';
 
 export interface App {
   config: Config;
@@ -20,6 +22,8 @@ export interface App {
   redis?: Redis;
   modelName: string;
   logger: Logger;
+  /** Prometheus registry fed by every request and job (served on http.port by main). */
+  metrics: Metrics;
   close(): Promise<void>;
 }
 
@@ -71,6 +75,11 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     });
   }
 
+  const modelName = 'info' in inference ? (inference as LocalInference).info.name : config.model.dir;
+  // Every job and request is measured and logged, whichever adapter sent it.
+  const metrics = new Metrics();
+  inference = instrumentInference(inference, metrics);
+
   const perMinute = (b: { capacity: number; per_minute: number }) => ({ capacity: b.capacity, refillPerSecond: b.per_minute / 60 });
   const deps: CommandDeps = {
     inference,
@@ -91,11 +100,12 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const client = inference;
   return {
     config,
-    commands: new Commands(deps),
+    commands: new ObservedCommands(deps, { metrics, logger }),
     inference: client,
     redis,
-    modelName: 'info' in client ? (client as LocalInference).info.name : config.model.dir,
+    modelName,
     logger,
+    metrics,
     async close() {
       await client.close();
       if (redis) await redis.quit().catch(() => redis!.disconnect());

@@ -7,6 +7,8 @@
  */
 import { ConfigError, loadConfig } from './config';
 import { createApp, type App } from './app';
+import { startPlayground } from './adapters/web';
+import { startOpsServer } from './observability/http';
 
 export interface Service {
   name: string;
@@ -26,10 +28,20 @@ export async function startServices(env: NodeJS.ProcessEnv = process.env): Promi
   const log = app.logger;
   const services: Service[] = [];
   try {
+    const { config } = app;
+    if (config.http.port > 0) {
+      const ops = await startOpsServer({ host: config.http.host, port: config.http.port, metrics: app.metrics, inference: app.inference, redis: app.redis, logger: log });
+      services.push(ops);
+      log.info({ url: ops.url, endpoints: ['/metrics', '/healthz', '/readyz'] }, 'metrics and health listening');
+    }
     const hasDiscord = !!env.DISCORD_TOKEN;
     const hasSlack = !!env.SLACK_BOT_TOKEN;
-    void hasDiscord;
-    void hasSlack;
+    const playground = config.playground.enabled === true || (config.playground.enabled === 'auto' && !hasDiscord && !hasSlack);
+    if (playground) {
+      const web = await startPlayground(app);
+      services.push(web);
+      process.stderr.write(`\nCurio playground: ${web.url}  (model ${app.modelName})\n\n`);
+    }
     log.info({ services: services.map((s) => s.name), model: app.modelName }, 'curio started');
   } catch (err) {
     await Promise.allSettled(services.map((s) => s.stop()));
