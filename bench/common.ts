@@ -103,6 +103,7 @@ export function table(headers: string[], rows: (string | number)[][]): string {
 
 export function fmt(x: number, digits?: number): string {
   if (!Number.isFinite(x)) return 'n/a';
+  if (digits === undefined && Number.isInteger(x)) return String(x);
   const d = digits ?? (Math.abs(x) >= 100 ? 0 : Math.abs(x) >= 10 ? 1 : 2);
   return x.toFixed(d);
 }
