@@ -7,12 +7,14 @@
 import { createHmac } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
 
 export const TEAM = 'T0CURIO';
 export const BOT_USER = 'UCURIOBOT';
 export const BOT_ID = 'BCURIO';
 export const BOT_TOKEN = 'xoxb-fake-curio-token';
 export const SIGNING_SECRET = 'fake-signing-secret-0123456789';
+export const APP_TOKEN = 'xapp-1-fake-curio-app-token';
 
 export interface ApiCall {
   method: string;
@@ -57,6 +59,9 @@ export class FakeSlack {
   private readonly messages = new Map<string, FakeMessage[]>();
   private readonly files = new Map<string, { file: FakeFile; bytes: Uint8Array }>();
   private clock = 1_700_000_000;
+  private wss?: WebSocketServer;
+  private socket?: WebSocket;
+  private readonly acks = new Map<string, (payload: unknown) => void>();
   private seq = 0;
 
   private constructor(
@@ -85,7 +90,42 @@ export class FakeSlack {
     return `${this.url}/api/`;
   }
 
+  /** Socket Mode: `apps.connections.open` hands out ws://…/socket, served here. */
+  enableSocketMode(): void {
+    this.wss = new WebSocketServer({ noServer: true });
+    this.server.on('upgrade', (req, sock, head) => {
+      if (!req.url?.startsWith('/socket')) return sock.destroy();
+      this.wss!.handleUpgrade(req, sock, head, (ws) => {
+        this.socket = ws;
+        ws.on('message', (data) => {
+          const msg = JSON.parse(String(data)) as { envelope_id?: string; payload?: unknown };
+          if (msg.envelope_id) this.acks.get(msg.envelope_id)?.(msg.payload ?? {});
+        });
+        ws.send(JSON.stringify({ type: 'hello', num_connections: 1, connection_info: { app_id: 'ACURIO' }, debug_info: { host: 'fake' } }));
+      });
+    });
+  }
+
+  get socketConnected(): boolean {
+    return this.socket?.readyState === 1;
+  }
+
+  /** Sends an envelope over the Socket Mode connection; resolves with the app's ack payload. */
+  sendEnvelope(type: 'events_api' | 'slash_commands' | 'interactive', payload: unknown, timeoutMs = 3000): Promise<unknown> {
+    const id = `env-${++this.seq}`;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ack for ${type} envelope within ${timeoutMs} ms`)), timeoutMs);
+      this.acks.set(id, (p) => {
+        clearTimeout(timer);
+        resolve(p);
+      });
+      this.socket!.send(JSON.stringify({ envelope_id: id, type, payload, accepts_response_payload: type !== 'events_api', retry_attempt: 0, retry_reason: '' }));
+    });
+  }
+
   async close(): Promise<void> {
+    for (const c of this.wss?.clients ?? []) c.terminate();
+    this.wss?.close();
     this.server.closeAllConnections();
     await new Promise((r) => this.server.close(r));
   }
@@ -189,6 +229,9 @@ export class FakeSlack {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify(body));
     };
+    if (method === 'apps.connections.open') {
+      return token === APP_TOKEN ? reply({ ok: true, url: `ws://127.0.0.1:${this.port}/socket` }) : reply({ ok: false, error: 'invalid_auth' });
+    }
     if (token !== BOT_TOKEN) return reply({ ok: false, error: 'invalid_auth' });
     const failure = this.failures.get(method);
     if (failure) return reply({ ok: false, error: failure });
@@ -296,8 +339,8 @@ export async function sendSigned(botUrl: string, body: string, contentType: stri
   return { status: res.status, body: text, ms: performance.now() - t0 };
 }
 
-export function slashCommandBody(o: { command: string; text?: string; user: string; channel: string; responseUrl: string }): string {
-  return new URLSearchParams({
+export function slashCommandPayload(o: { command: string; text?: string; user: string; channel: string; responseUrl: string }): Record<string, string> {
+  return {
     token: 'legacy-verification-token',
     team_id: TEAM,
     team_domain: 'curio-test',
@@ -310,7 +353,11 @@ export function slashCommandBody(o: { command: string; text?: string; user: stri
     api_app_id: 'ACURIO',
     response_url: o.responseUrl,
     trigger_id: '123.456.abc',
-  }).toString();
+  };
+}
+
+export function slashCommandBody(o: { command: string; text?: string; user: string; channel: string; responseUrl: string }): string {
+  return new URLSearchParams(slashCommandPayload(o)).toString();
 }
 
 let eventSeq = 0;

@@ -77,6 +77,19 @@ export interface SlackBot {
   idle(): Promise<void>;
 }
 
+/** What the bot registers with Slack: deploy/slack-app-manifest.yaml declares exactly these. */
+export const SLASH_COMMANDS = ['/describe', '/ask', '/quiz'] as const;
+export const SHORTCUTS = { describe: 'curio_describe', quiz: 'curio_quiz' } as const;
+/** Events: mentions; messages for thread follow-ups (channels, private channels, DMs, group DMs). */
+export const BOT_EVENTS = ['app_mention', 'message.channels', 'message.groups', 'message.im', 'message.mpim'] as const;
+/**
+ * Bot scopes, each for what uses it: commands (slash commands, shortcuts); chat:write
+ * (chat.postMessage/update/delete/postEphemeral); app_mentions:read (app_mention);
+ * *:history (conversations.history/replies for the latest image, and the message.* events);
+ * files:read (files.info and downloading url_private).
+ */
+export const BOT_SCOPES = ['commands', 'chat:write', 'app_mentions:read', 'channels:history', 'groups:history', 'im:history', 'mpim:history', 'files:read'] as const;
+
 const silent: SlackLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
 /** Bolt's logger on top of ours; never below info (Bolt's debug output can carry payloads). */
@@ -376,8 +389,9 @@ export function createSlackBot(options: SlackBotOptions): SlackBot {
 
   // --- Slash commands -------------------------------------------------------------------------
 
-  for (const name of ['describe', 'ask', 'quiz'] as SlashName[]) {
-    app.command(`/${name}`, async ({ command, ack, respond, client }) => {
+  for (const command of SLASH_COMMANDS) {
+    const name = command.slice(1) as SlashName;
+    app.command(command, async ({ command, ack, respond, client }) => {
       await ack();
       track(async () => {
         const notify = respondTo(respond);
@@ -415,8 +429,8 @@ export function createSlackBot(options: SlackBotOptions): SlackBot {
   // --- Message shortcuts ---------------------------------------------------------------------
 
   const shortcuts: Array<[string, Intent]> = [
-    ['curio_describe', { command: 'describe', detail: 'brief' }],
-    ['curio_quiz', { command: 'quiz' }],
+    [SHORTCUTS.describe, { command: 'describe', detail: 'brief' }],
+    [SHORTCUTS.quiz, { command: 'quiz' }],
   ];
   for (const [callbackId, intent] of shortcuts) {
     app.shortcut({ type: 'message_action', callback_id: callbackId }, async ({ shortcut, ack, respond, client }) => {
@@ -541,13 +555,28 @@ function postFailure(err: unknown): string {
   return 'I couldn’t post my answer here. Please try again.';
 }
 
-/** Slack secrets from the environment (never from config files). Undefined when Slack is not configured. */
-export function slackSecretsFromEnv(env: NodeJS.ProcessEnv = process.env): { botToken: string; signingSecret?: string; appToken?: string } | undefined {
+export interface SlackEnv {
+  botToken: string;
+  signingSecret?: string;
+  appToken?: string;
+  /** HTTP mode: port of the Events API endpoint (SLACK_PORT, default 3000). */
+  port: number;
+}
+
+/**
+ * Slack settings from the environment: SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET (HTTP mode),
+ * SLACK_APP_TOKEN (Socket Mode when set), SLACK_PORT. Secrets never come from config files.
+ * Undefined when SLACK_BOT_TOKEN is not set (Slack not configured).
+ */
+export function slackFromEnv(env: NodeJS.ProcessEnv = process.env): SlackEnv | undefined {
   const botToken = env.SLACK_BOT_TOKEN?.trim();
   if (!botToken) return undefined;
   const signingSecret = env.SLACK_SIGNING_SECRET?.trim() || undefined;
   const appToken = env.SLACK_APP_TOKEN?.trim() || undefined;
   if (!signingSecret && !appToken) throw new Error('SLACK_BOT_TOKEN is set but neither SLACK_SIGNING_SECRET (HTTP mode) nor SLACK_APP_TOKEN (Socket Mode) is');
+  if (!botToken.startsWith('xoxb-')) throw new Error('SLACK_BOT_TOKEN must be a bot token (xoxb-…)');
   if (appToken && !appToken.startsWith('xapp-')) throw new Error('SLACK_APP_TOKEN must be an app-level token (xapp-…)');
-  return { botToken, signingSecret, appToken };
+  const port = env.SLACK_PORT ? Number(env.SLACK_PORT) : 3000;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`SLACK_PORT must be a port number, not "${env.SLACK_PORT}"`);
+  return { botToken, signingSecret, appToken, port };
 }

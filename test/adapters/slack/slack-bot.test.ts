@@ -6,13 +6,15 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createSlackBot, type SlackBot } from '../../../src/adapters/slack/app';
+import YAML from 'yaml';
+import { BOT_EVENTS, BOT_SCOPES, SHORTCUTS, SLASH_COMMANDS, createSlackBot, slackFromEnv, type SlackBot } from '../../../src/adapters/slack/app';
 import { ACTION_MORE, ACTION_REVEAL, NO_MORE_QUESTIONS, parseRevealValue } from '../../../src/adapters/slack/render';
 import { createApp, type App } from '../../../src/app';
 import { loadConfig, type Config } from '../../../src/config';
 import { Commands } from '../../../src/core/commands';
 import { MemoryConversationStore, MemoryImageStore, MemoryRateLimiter } from '../../../src/store/memory';
 import {
+  APP_TOKEN,
   BOT_TOKEN,
   BOT_USER,
   FakeSlack,
@@ -23,6 +25,7 @@ import {
   messageShortcutPayload,
   sendSigned,
   slashCommandBody,
+  slashCommandPayload,
   waitFor,
   type FakeMessage,
 } from '../../support/fake-slack';
@@ -359,5 +362,66 @@ describe('Slack bot (Bolt HTTP receiver, fake Web API, real model)', () => {
     const [r] = await waitFor(() => responsesTo(responseUrl).length > 0 && responsesTo(responseUrl));
     expect(r.body).toMatchObject({ response_type: 'ephemeral', text: expect.stringMatching(/too fast\. Try again in \d+ s/) });
     expect(fake.api('chat.postMessage').filter((c) => c.args.channel === channel)).toHaveLength(1);
+  });
+});
+
+describe('Slack bot over Socket Mode', () => {
+  it('connects with the app token and answers a slash command and a mention sent as envelopes', async () => {
+    fake.enableSocketMode();
+    const bot = createSlackBot({
+      commands: curio.commands,
+      config,
+      botToken: BOT_TOKEN,
+      appToken: APP_TOKEN,
+      slackApiUrl: fake.apiUrl,
+      fileHosts: ['127.0.0.1'],
+      insecureHosts: ['127.0.0.1'],
+      updateIntervalMs: UPDATE_MS,
+      logger,
+    });
+    bots.push(bot);
+    expect(await bot.start()).toEqual({});
+    expect(fake.socketConnected).toBe(true);
+    expect(fake.api('apps.connections.open').at(-1)!.token).toBe(APP_TOKEN);
+
+    const { channel, image } = channelWithImage();
+    const ack = await fake.sendEnvelope('slash_commands', slashCommandPayload({ command: '/ask', text: 'what is it?', user: 'U1', channel, responseUrl: fake.newResponseUrl() }));
+    expect(ack).toEqual({});
+    const [answer] = await finalIn(channel, image.ts);
+    expect(blocksOf(answer)[0].elements?.[0].text).toBe('<@U1> used `/ask`: what is it?');
+
+    const file = fake.addFile('sock.png', 'image/png', IMAGE);
+    const msg = fake.addMessage(channel, { user: 'U2', text: `<@${BOT_USER}> quiz`, files: [file] });
+    const { body } = eventBody({ type: 'app_mention', user: 'U2', text: msg.text, ts: msg.ts, channel, files: [file] });
+    await fake.sendEnvelope('events_api', JSON.parse(body));
+    const [quiz] = await finalIn(channel, msg.ts);
+    expect(blocksOf(quiz).some((b) => b.accessory?.action_id === ACTION_REVEAL)).toBe(true);
+  });
+});
+
+describe('Slack app manifest', () => {
+  const manifest = YAML.parse(fs.readFileSync(path.join(ROOT, 'deploy/slack-app-manifest.yaml'), 'utf8'));
+
+  it('declares exactly the scopes, commands, shortcuts and events the bot uses', () => {
+    expect([...manifest.oauth_config.scopes.bot].sort()).toEqual([...BOT_SCOPES].sort());
+    expect(manifest.oauth_config.scopes.user).toBeUndefined();
+    expect(manifest.features.slash_commands.map((c: { command: string }) => c.command)).toEqual([...SLASH_COMMANDS]);
+    expect(manifest.features.shortcuts.map((s: { callback_id: string; type: string }) => [s.type, s.callback_id])).toEqual([
+      ['message', SHORTCUTS.describe],
+      ['message', SHORTCUTS.quiz],
+    ]);
+    expect([...manifest.settings.event_subscriptions.bot_events].sort()).toEqual([...BOT_EVENTS].sort());
+    expect(manifest.settings.interactivity.is_enabled).toBe(true);
+    // One endpoint for everything, where Bolt's receiver listens.
+    const urls = [manifest.settings.event_subscriptions.request_url, manifest.settings.interactivity.request_url, ...manifest.features.slash_commands.map((c: { url: string }) => c.url)];
+    for (const u of urls) expect(new URL(u).pathname).toBe('/slack/events');
+  });
+
+  it('reads its secrets from the environment only', () => {
+    expect(slackFromEnv({})).toBeUndefined();
+    expect(() => slackFromEnv({ SLACK_BOT_TOKEN: 'xoxb-1' })).toThrow(/SLACK_SIGNING_SECRET/);
+    expect(slackFromEnv({ SLACK_BOT_TOKEN: 'xoxb-1', SLACK_SIGNING_SECRET: 's' })).toEqual({ botToken: 'xoxb-1', signingSecret: 's', port: 3000 });
+    expect(slackFromEnv({ SLACK_BOT_TOKEN: 'xoxb-1', SLACK_APP_TOKEN: 'xapp-1', SLACK_PORT: '0' })).toMatchObject({ appToken: 'xapp-1', port: 0 });
+    expect(() => slackFromEnv({ SLACK_BOT_TOKEN: 'xoxb-1', SLACK_APP_TOKEN: 'xoxb-2' })).toThrow(/xapp/);
   });
 });
