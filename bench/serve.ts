@@ -58,7 +58,11 @@ function timed(client: InferenceClient, job: InferenceJob): Promise<Timed> {
   const h = client.run(job, (ev: JobEvent) => {
     if (ev.type === 'token' && Number.isNaN(ttft)) ttft = performance.now() - t0;
   });
-  return h.result.then((result) => ({ latencyMs: performance.now() - t0, ttftMs: ttft, result }));
+  // A reply that is empty (EOS first) sends no token event: its first token is known when it is done.
+  return h.result.then((result) => {
+    const latencyMs = performance.now() - t0;
+    return { latencyMs, ttftMs: Number.isNaN(ttft) ? latencyMs : ttft, result };
+  });
 }
 
 /** `total` jobs from `concurrency` closed-loop clients. */
@@ -289,7 +293,7 @@ async function main(): Promise<void> {
       ],
     ),
   );
-  console.log(`(TTFT = from InferenceClient.run() to the first token event, on the client side; median of ${reps}; quiz parts capped at ${quizTokens} tokens)`);
+  console.log(`(TTFT = from InferenceClient.run() to the first token event, on the client side, or to the result when the reply is empty; median of ${reps}; quiz parts capped at ${quizTokens} tokens)`);
 
   // 4. queueing overhead
   console.log('\n## Queueing overhead per job (one request at a time)\n');
