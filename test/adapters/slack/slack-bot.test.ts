@@ -300,6 +300,23 @@ describe('Slack bot (Bolt HTTP receiver, fake Web API, real model)', () => {
     expect(fake.botReplies(channel, msg.ts)).toHaveLength(1);
   });
 
+  it('in a DM an image needs no mention, and a corrupt image gets a clear error in its thread', async () => {
+    const dm = 'D0000001';
+    const file = fake.addFile('dm.png', 'image/png', IMAGE);
+    const msg = fake.addMessage(dm, { user: 'U6', text: 'what is this?', files: [file] });
+    await sendSigned(botUrl, eventBody({ type: 'message', subtype: 'file_share', channel_type: 'im', user: 'U6', text: msg.text, ts: msg.ts, channel: dm, files: [file] }).body, JSON_TYPE);
+    const [answer] = await finalIn(dm, msg.ts);
+    expect(answer.thread_ts).toBe(msg.ts);
+
+    const broken = fake.addFile('broken.png', 'image/png', new TextEncoder().encode('not really a png'));
+    const bad = fake.addMessage(dm, { user: 'U6', text: 'and this?', files: [broken] });
+    await sendSigned(botUrl, eventBody({ type: 'message', subtype: 'file_share', channel_type: 'im', user: 'U6', text: bad.text, ts: bad.ts, channel: dm, files: [broken] }).body, JSON_TYPE);
+    const [error] = await waitFor(() => fake.botReplies(dm, bad.ts).filter((m) => sectionsText(m).startsWith(':warning:')).length > 0 && fake.botReplies(dm, bad.ts));
+    for (const b of bots) await b.idle();
+    expect(fake.botReplies(dm, bad.ts)).toHaveLength(1);
+    expect(sectionsText(error)).toMatch(/^:warning: .*not an image/);
+  });
+
   it('a mention with a non-image file says it is not an image', async () => {
     const channel = `C${String(++channelSeq).padStart(6, '0')}`;
     const file = fake.addFile('notes.pdf', 'application/pdf', PDF);
