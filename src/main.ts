@@ -7,6 +7,7 @@
  */
 import { ConfigError, loadConfig } from './config';
 import { createApp, type App } from './app';
+import { startSlackBot } from './adapters/slack';
 import { startPlayground } from './adapters/web';
 import { startOpsServer } from './observability/http';
 
@@ -36,6 +37,10 @@ export async function startServices(env: NodeJS.ProcessEnv = process.env): Promi
     }
     const hasDiscord = !!env.DISCORD_TOKEN;
     const hasSlack = !!env.SLACK_BOT_TOKEN;
+    if (hasSlack) {
+      const slack = await startSlackBot(app, env);
+      if (slack) services.push(slack);
+    }
     const playground = config.playground.enabled === true || (config.playground.enabled === 'auto' && !hasDiscord && !hasSlack);
     if (playground) {
       const web = await startPlayground(app);
