@@ -239,6 +239,28 @@ export function buildProgram(): Command {
       await start();
     });
 
+  program
+    .command('discord')
+    .description('Discord administration')
+    .command('register')
+    .description('register the slash and context-menu commands (env DISCORD_TOKEN, DISCORD_APPLICATION_ID)')
+    .option('--guild <id>', 'only in this server: instant, for testing (global commands can take up to an hour to appear)')
+    .action(async (o: { guild?: string }) => {
+      const token = process.env.DISCORD_TOKEN;
+      const applicationId = process.env.DISCORD_APPLICATION_ID;
+      if (!token || !applicationId) throw new CliError('Set DISCORD_TOKEN and DISCORD_APPLICATION_ID (Discord developer portal → your application).', 2);
+      if (o.guild !== undefined && !/^\d{17,20}$/.test(o.guild)) throw new CliError(`--guild must be a server id (a number), not "${o.guild}".`, 2);
+      const config = configFor(globals());
+      const { registerDiscordCommands } = await import('../discord/commands');
+      let registered: Array<{ name: string }>;
+      try {
+        registered = await registerDiscordCommands({ token, applicationId, guildId: o.guild, maxQuestionLength: config.limits.max_text_chars, maxQuizQuestions: config.limits.max_quiz_questions });
+      } catch (e) {
+        throw new CliError(`Discord refused the commands: ${(e as Error).message}`);
+      }
+      out.write(`Registered ${registered.map((c) => c.name).join(', ')} ${o.guild ? `in server ${o.guild}` : 'globally'}.\n`);
+    });
+
   return program;
 }
 
