@@ -109,8 +109,10 @@ class RemoteClient implements RemoteInference {
     this.keys = new Keys(o.prefix ?? 'curio');
     this.maxQueue = o.maxQueue ?? 32;
     this.ttlMs = o.ttlMs ?? 3600_000;
-    this.cmd = new Redis(o.redisUrl, { maxRetriesPerRequest: null, enableAutoPipelining: true });
-    this.reader = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
+    // Reconnect quickly (at most 1 s apart): jobs in flight resume as soon as Redis is back.
+    const retryStrategy = (times: number) => Math.min(100 * times, 1000);
+    this.cmd = new Redis(o.redisUrl, { maxRetriesPerRequest: null, enableAutoPipelining: true, retryStrategy });
+    this.reader = new Redis(o.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
     this.cmd.on('error', (err) => this.log.warn({ err: err.message }, 'redis connection error (inference client)'));
     this.reader.on('error', () => {});
     this.wakeKey = `${this.keys.prefix}:wake:${randomUUID()}`;
@@ -241,13 +243,18 @@ class RemoteClient implements RemoteInference {
 
   private async admit(f: Flight, job: InferenceJob): Promise<void> {
     if (f.settled) return;
-    if (this.cmd.status !== 'ready') {
-      // Connecting for the first time is fine; a lost connection answers at once.
-      if (this.cmd.status !== 'connecting' && this.cmd.status !== 'wait') {
-        return this.fail(f, new InferenceError('unavailable', 'The job queue is unreachable; please try again shortly.', 5000));
-      }
-    }
     const timeout = this.o.admitTimeoutMs ?? 5000;
+    if (this.cmd.status !== 'ready' && this.cmd.status !== 'connecting' && this.cmd.status !== 'wait') {
+      // Connection lost: ride out a blip (up to 1 s), else answer at once rather than hang.
+      const ready = await new Promise<boolean>((resolve) => {
+        const t = setTimeout(() => resolve(false), Math.min(1000, timeout));
+        this.cmd.once('ready', () => {
+          clearTimeout(t);
+          resolve(true);
+        });
+      });
+      if (!ready) return this.fail(f, new InferenceError('unavailable', 'The job queue is unreachable; please try again shortly.', 5000));
+    }
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
@@ -494,7 +501,7 @@ class RemoteClient implements RemoteInference {
   private async cleanup(id: string): Promise<void> {
     if (this.closed) return;
     const k = this.keys;
-    await this.cmd.unlink(k.events(id), k.route(id), k.attempt(id)).catch(() => {});
+    await this.cmd.unlink(k.events(id), k.route(id), k.attempt(id), k.cancel(id)).catch(() => {});
   }
 
   private succeed(f: Flight, r: JobResult): void {

@@ -68,10 +68,10 @@ export async function startRemoteWorker(o: RemoteWorkerOptions): Promise<RemoteW
   const heartbeatMs = o.heartbeatMs ?? 2000;
   const concurrency = o.concurrency ?? 4;
   const hostId = o.hostId;
-  const redisOpts = { maxRetriesPerRequest: null, enableAutoPipelining: true } as const;
-  const cmd = new Redis(o.redisUrl, redisOpts);
-  const sub = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
-  const bullConn = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
+  const retryStrategy = (times: number) => Math.min(100 * times, 1000);
+  const cmd = new Redis(o.redisUrl, { maxRetriesPerRequest: null, enableAutoPipelining: true, retryStrategy });
+  const sub = new Redis(o.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
+  const bullConn = new Redis(o.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
   for (const c of [cmd, sub, bullConn]) c.on('error', (err) => log.warn({ err: err.message, host: hostId }, 'redis connection error (worker)'));
 
   const handles = new Map<string, RunHandle>();
@@ -137,11 +137,12 @@ export async function startRemoteWorker(o: RemoteWorkerOptions): Promise<RemoteW
       await finish({ type: 'error', error: err.toJSON() });
       return { ok: false };
     }
+    // Always look for the bytes (stored by whichever bot first sent this image): a follow-up
+    // that lands on a host without the embedding still finds its image.
     let bytes: Uint8Array | undefined;
-    if (image) {
-      const buf = await cmd.getBuffer(keys.image(job.image.digest));
-      if (buf) bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-    }
+    const buf = await cmd.getBuffer(keys.image(job.image.digest));
+    if (buf) bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+    else if (image) log.warn({ job: job.id, digest: job.image.digest }, 'image bytes expired from Redis');
     const handle = o.inference.run({ ...job, image: bytes ? { digest: job.image.digest, bytes } : { digest: job.image.digest } }, (ev) => {
       if (ev.type === 'started') emit({ type: 'started', worker: ev.worker });
       else if (ev.type === 'token') emit(ev);
@@ -173,6 +174,8 @@ export async function startRemoteWorker(o: RemoteWorkerOptions): Promise<RemoteW
     lockDuration: o.lockDurationMs ?? 10_000,
     stalledInterval: o.stalledIntervalMs ?? 5_000,
     maxStalledCount: 2,
+    // After a lost Redis connection, look for work again within a second (BullMQ waits 15 s).
+    runRetryDelay: 1000,
     // Removed once done: the result travelled on the event stream.
     removeOnComplete: { count: 0 },
     removeOnFail: { age: ttlMs / 1000, count: 10_000 },
