@@ -8,7 +8,8 @@ import pino, { type Logger } from 'pino';
 import type { Config } from './config';
 import type { Commands, CommandDeps } from './core/commands';
 import type { InferenceClient } from './inference/types';
-import { createLocalInference, type LocalInference } from './inference';
+import { createLocalInference, type LocalInference, type LocalInferenceOptions } from './inference';
+import { createRemoteInference } from './inference/remote';
 import { MemoryConversationStore, MemoryImageStore, MemoryRateLimiter, MemoryResultCache } from './store/memory';
 import { RedisConversationStore, RedisImageStore, RedisRateLimiter, RedisResultCache } from './store/redis';
 import { Metrics } from './observability/metrics';
@@ -44,6 +45,26 @@ export function createLogger(level: AppOptions['log']): Logger {
   });
 }
 
+/** The local pool's options from the configuration (also used by `curio worker`). */
+export function localInferenceOptions(config: Config, logger: Logger, extra: Partial<LocalInferenceOptions> = {}): LocalInferenceOptions {
+  return {
+    bundleDir: config.model.dir,
+    dtype: config.model.dtype || undefined,
+    device: config.model.device,
+    gpus: config.model.gpus,
+    workers: config.inference.workers || undefined,
+    intraOpNumThreads: config.inference.intra_op_threads || undefined,
+    maxBatch: config.inference.max_batch,
+    maxQueue: config.inference.max_queue,
+    jobTimeoutMs: config.inference.job_timeout_s * 1000,
+    embeddingCacheBytes: config.inference.embedding_cache_mb * MB,
+    conversationCacheBytes: config.inference.conversation_cache_mb * MB,
+    imageLimits: { maxBytes: config.limits.max_image_mb * MB, maxPixels: config.limits.max_image_megapixels * 1e6 },
+    logger,
+    ...extra,
+  };
+}
+
 export async function createApp(config: Config, options: AppOptions = {}): Promise<App> {
   const logger = createLogger(options.log ?? config.log.level);
   const ttlMs = config.conversations.idle_ttl_minutes * 60_000;
@@ -57,23 +78,17 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const prefix = config.redis.prefix;
 
   let inference = options.inference;
-  if (!inference) {
-    inference = await createLocalInference({
-      bundleDir: config.model.dir,
-      dtype: config.model.dtype || undefined,
-      device: config.model.device,
-      gpus: config.model.gpus,
-      workers: config.inference.workers || undefined,
-      intraOpNumThreads: config.inference.intra_op_threads || undefined,
-      maxBatch: config.inference.max_batch,
+  if (!inference && config.inference.mode === 'remote') {
+    // Bots only enqueue: `curio worker` hosts run the model (src/inference/remote).
+    inference = createRemoteInference({
+      redisUrl: config.redis.url,
+      prefix,
       maxQueue: config.inference.max_queue,
       jobTimeoutMs: config.inference.job_timeout_s * 1000,
-      embeddingCacheBytes: config.inference.embedding_cache_mb * MB,
-      conversationCacheBytes: config.inference.conversation_cache_mb * MB,
-      imageLimits: { maxBytes: config.limits.max_image_mb * MB, maxPixels: config.limits.max_image_megapixels * 1e6 },
       logger,
     });
   }
+  if (!inference) inference = await createLocalInference(localInferenceOptions(config, logger));
 
   const modelName = 'info' in inference ? (inference as LocalInference).info.name : config.model.dir;
   // Every job and request is measured and logged, whichever adapter sent it.

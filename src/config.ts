@@ -25,6 +25,7 @@ export const ConfigSchema = z
       .strict(),
     inference: z
       .object({
+        mode: z.enum(['local', 'remote']),
         workers: z.number().int().min(0),
         intra_op_threads: z.number().int().min(0),
         max_batch: z.number().int().positive(),
@@ -32,6 +33,14 @@ export const ConfigSchema = z
         job_timeout_s: z.number().positive(),
         embedding_cache_mb: z.number().min(0),
         conversation_cache_mb: z.number().min(0),
+      })
+      .strict(),
+    worker: z
+      .object({
+        host_id: z.string().regex(/^[^/:\s]*$/, 'no "/", ":" or spaces'),
+        lock_s: z.number().positive(),
+        stalled_check_s: z.number().positive(),
+        heartbeat_s: z.number().positive(),
       })
       .strict(),
     redis: z.object({ url: z.string(), prefix: z.string().min(1) }).strict(),
@@ -155,6 +164,9 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     throw new ConfigError(`invalid configuration: ${parsed.error.issues.map(describeIssue).join('; ')}`);
   }
   const config = parsed.data;
+  if (config.inference.mode === 'remote' && !config.redis.url) {
+    throw new ConfigError('invalid configuration: inference.mode remote needs redis.url (or REDIS_URL)');
+  }
   config.model.dir = path.resolve(PROJECT_ROOT, config.model.dir);
   return config;
 }

@@ -232,6 +232,31 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('worker')
+    .description('run a GPU host: take jobs from the Redis queue (redis.url / REDIS_URL) into the local model pool')
+    .option('--host-id <id>', 'host id for follow-up affinity (default: worker.host_id, else the host name)')
+    .option('--concurrency <n>', 'jobs taken from each queue at once (default: the pool capacity)', int('--concurrency', 1, 1024))
+    .action(async (o: { hostId?: string; concurrency?: number }) => {
+      const g = globals();
+      const model: Record<string, unknown> = {};
+      if (g.model) model.dir = g.model;
+      if (g.dtype) model.dtype = g.dtype;
+      let config: Config;
+      try {
+        config = loadConfig({ overrides: { model } });
+      } catch (e) {
+        throw new CliError((e as Error).message, 2);
+      }
+      const { serveWorker } = await import('../../inference/remote/serve');
+      try {
+        await serveWorker(config, o);
+      } catch (e) {
+        throw new CliError((e as Error).message, 2);
+      }
+      await new Promise(() => {}); // runs until SIGINT/SIGTERM (serveWorker exits the process)
+    });
+
+  program
     .command('start')
     .description('run Curio: the Discord/Slack bots when tokens are set, else the local playground')
     .action(async () => {
