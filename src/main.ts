@@ -29,9 +29,17 @@ export async function startServices(env: NodeJS.ProcessEnv = process.env): Promi
   const log = app.logger;
   const services: Service[] = [];
   try {
-    const { config } = app;
     if (config.http.port > 0) {
-      const ops = await startOpsServer({ host: config.http.host, port: config.http.port, metrics: app.metrics, inference: app.inference, redis: app.redis, logger: log });
+      const ops = await startOpsServer({
+        host: config.http.host,
+        port: config.http.port,
+        metrics: app.metrics,
+        inference: app.inference,
+        redis: app.redis,
+        logger: log,
+        // A local pool exposes its model info; a remote-queue client's workers live elsewhere.
+        requireLocalWorkers: 'info' in app.inference,
+      });
       services.push(ops);
       log.info({ url: ops.url, endpoints: ['/metrics', '/healthz', '/readyz'] }, 'metrics and health listening');
     }

@@ -4,7 +4,8 @@
  * - `GET /metrics`  Prometheus text format (see metrics.ts).
  * - `GET /healthz`  200 while the process serves HTTP at all (liveness: restart me if not).
  * - `GET /readyz`   200 when requests can be served: the model is loaded in at least one
- *                   inference worker and Redis (when configured) answers PING within a second;
+ *                   inference worker (of this process, unless jobs go to remote workers) and
+ *                   Redis (when configured) answers PING within a second;
  *                   otherwise 503 with a JSON body naming what is missing (readiness: route
  *                   traffic elsewhere, do not restart).
  */
@@ -24,6 +25,11 @@ export interface OpsServerOptions {
   logger?: Logger;
   /** How long a Redis PING may take before the app counts as not ready (default 1000 ms). */
   redisTimeoutMs?: number;
+  /**
+   * Ready only with the model loaded in a worker of this process (default true). False for a
+   * bot whose jobs go to remote `curio worker` hosts: it is ready when Redis is.
+   */
+  requireLocalWorkers?: boolean;
 }
 
 export interface OpsServer {
@@ -56,16 +62,18 @@ async function pingRedis(redis: Redis, timeoutMs: number): Promise<{ ok: boolean
   }
 }
 
-export async function readiness(inference: InferenceClient, redis: Redis | undefined, redisTimeoutMs = 1000): Promise<Readiness> {
+export async function readiness(inference: InferenceClient, redis: Redis | undefined, redisTimeoutMs = 1000, requireLocalWorkers = true): Promise<Readiness> {
   let workers = 0;
   let detail: string | undefined;
+  let failed = false;
   try {
     workers = inference.stats().workers;
-    if (workers === 0) detail = 'no inference worker has the model loaded';
+    if (workers === 0) detail = requireLocalWorkers ? 'no inference worker has the model loaded' : 'jobs go to remote workers';
   } catch (err) {
+    failed = true;
     detail = `inference stats unavailable: ${(err as Error).message}`;
   }
-  const model = { ok: workers > 0, workers, ...(detail ? { detail } : {}) };
+  const model = { ok: !failed && (workers > 0 || !requireLocalWorkers), workers, ...(detail ? { detail } : {}) };
   const checks: Readiness['checks'] = { model };
   if (redis) checks.redis = await pingRedis(redis, redisTimeoutMs);
   return { ready: model.ok && (checks.redis?.ok ?? true), checks };
@@ -86,7 +94,7 @@ export async function startOpsServer(o: OpsServerOptions): Promise<OpsServer> {
       case '/healthz':
         return send(res, 200, JSON.stringify({ status: 'ok', uptimeSeconds: Math.round(process.uptime()) }));
       case '/readyz': {
-        const r = await readiness(o.inference, o.redis, o.redisTimeoutMs);
+        const r = await readiness(o.inference, o.redis, o.redisTimeoutMs, o.requireLocalWorkers ?? true);
         if (!r.ready) o.logger?.warn({ checks: r.checks }, 'not ready');
         return send(res, r.ready ? 200 : 503, JSON.stringify({ status: r.ready ? 'ready' : 'not ready', ...r }));
       }

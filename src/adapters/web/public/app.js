@@ -271,7 +271,7 @@
     const needsImage = name === 'describe' || name === 'ask' || name === 'quiz';
     // The image goes with describe/ask/quiz, and with the first plain message about a new image.
     const withImage = !!state.image && (needsImage || (!isCommand && !state.started));
-    userBubble(trimmed, withImage);
+    userBubble(name === 'more' ? 'Another question' : trimmed, withImage);
     const bubble = botBubble();
     if (needsImage && !state.image) {
       showError(bubble, 'Drop, paste or choose an image first.');
@@ -346,10 +346,15 @@
       case 'done': {
         setStatus(bubble, '');
         renderReply(bubble, ev.reply, ctx.offset);
-        part(bubble, 'stats').textContent = statsText(ev.stats);
+        part(bubble, 'stats').textContent = ev.stats.tokens > 0 || ev.stats.cached ? statsText(ev.stats) : '';
         bubble.dataset.state = 'done';
         state.started = true;
-        if (ev.reply.kind === 'quiz') {
+        if (ev.reply.kind === 'quiz' && ctx.isMore && ev.reply.rounds.length === 0) {
+          // The model's context is full: no room for another question.
+          removeMoreButtons();
+          showError(bubble, 'No room for another question: this conversation is as long as the model allows. Start a new one with /quiz.', true);
+          bubble.dataset.state = 'done';
+        } else if (ev.reply.kind === 'quiz') {
           state.quizRounds = (ctx.isNewQuiz ? 0 : state.quizRounds) + ev.reply.rounds.length;
           removeMoreButtons();
           const more = el('button', 'more', 'Another question');
