@@ -116,8 +116,9 @@ describe('remote inference over Redis', () => {
     expect(busy.length).toBe(150);
     expect(busy[0].retryAfterMs).toBeGreaterThan(0);
     expect(c.stats()).toMatchObject({ queued: 0, running: 0 });
-    await until(async () => (await r.keys('curio:ev:*')).length === 0 && (await r.keys('curio:route:*')).length === 0, 5000, 'cleanup');
-    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(100 * 2 ** 20);
+    await until(async () => (await r.keys('curio:ev:*')).length === 0 && (await r.keys('curio:route:*')).length === 0, 10000, 'cleanup');
+    // (RSS is noisy on a shared CPU: the bound catches a leak of the 200 jobs' images and events, not allocator drift.)
+    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(128 * 2 ** 20);
   });
 
   it('routes a follow-up to the host holding the conversation, and to any host when that one is gone', async () => {
