@@ -247,7 +247,8 @@ export function buildProgram(): Command {
       } catch (e) {
         throw new CliError((e as Error).message, 2);
       }
-      const { serveWorker } = await import('../../inference/remote/serve');
+      // Loaded on demand (and with require: bin/curio.js registers tsx for CommonJS only).
+      const { serveWorker } = require('../../inference/remote/serve') as typeof import('../../inference/remote/serve');
       try {
         await serveWorker(config, o);
       } catch (e) {
@@ -260,7 +261,8 @@ export function buildProgram(): Command {
     .command('start')
     .description('run Curio: the Discord/Slack bots when tokens are set, else the local playground')
     .action(async () => {
-      const { start } = await import('../../main');
+      // Loaded on demand (and with require: bin/curio.js registers tsx for CommonJS only).
+      const { start } = require('../../main') as typeof import('../../main');
       await start();
     });
 
@@ -276,7 +278,8 @@ export function buildProgram(): Command {
       if (!token || !applicationId) throw new CliError('Set DISCORD_TOKEN and DISCORD_APPLICATION_ID (Discord developer portal → your application).', 2);
       if (o.guild !== undefined && !/^\d{17,20}$/.test(o.guild)) throw new CliError(`--guild must be a server id (a number), not "${o.guild}".`, 2);
       const config = configFor(globals());
-      const { registerDiscordCommands } = await import('../discord/commands');
+      // Loaded on demand (and with require: bin/curio.js registers tsx for CommonJS only).
+      const { registerDiscordCommands } = require('../discord/commands') as typeof import('../discord/commands');
       let registered: Array<{ name: string }>;
       try {
         registered = await registerDiscordCommands({ token, applicationId, guildId: o.guild, maxQuestionLength: config.limits.max_text_chars, maxQuizQuestions: config.limits.max_quiz_questions });
