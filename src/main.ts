@@ -8,6 +8,7 @@
 import { ConfigError, loadConfig } from './config';
 import { createApp, type App } from './app';
 import { startSlackBot } from './adapters/slack';
+import { createDiscordBot } from './adapters/discord';
 import { startPlayground } from './adapters/web';
 import { startOpsServer } from './observability/http';
 
@@ -45,6 +46,15 @@ export async function startServices(env: NodeJS.ProcessEnv = process.env): Promi
     }
     const hasDiscord = !!env.DISCORD_TOKEN;
     const hasSlack = !!env.SLACK_BOT_TOKEN;
+    if (hasDiscord) {
+      if (!env.DISCORD_APPLICATION_ID) throw new ConfigError('DISCORD_TOKEN is set but DISCORD_APPLICATION_ID is not (Developer Portal → your app → Application ID)');
+      const bot = createDiscordBot({ commands: app.commands, config, token: env.DISCORD_TOKEN!, applicationId: env.DISCORD_APPLICATION_ID, logger: log,
+        // A proxy or test double of Discord's REST API (the gateway URL comes from it).
+        ...(env.DISCORD_API_URL ? { restApi: env.DISCORD_API_URL } : {}),
+      });
+      await bot.start();
+      services.push({ name: 'discord', stop: () => bot.stop() });
+    }
     if (hasSlack) {
       const slack = await startSlackBot(app, env);
       if (slack) services.push(slack);
