@@ -311,8 +311,17 @@ export class FakeDiscord extends EventEmitter {
   }
 
   /** A user posts a message (optionally mentioning the bot, replying to a message, in a thread). */
-  post(o: { user: FakeUser; content?: string; attachments?: Json[]; channelId?: string; mentionBot?: boolean; replyTo?: Json; embeds?: Json[] }): Json {
+  post(o: { user: FakeUser; content?: string; attachments?: Json[]; channelId?: string; mentionBot?: boolean; replyTo?: Json; embeds?: Json[]; dm?: boolean }): Json {
     const channelId = o.channelId ?? this.channelId;
+    if (o.dm) {
+      const message: Json = {
+        id: snowflake(), channel_id: channelId, channel_type: 1, author: o.user, content: o.content ?? '', timestamp: new Date().toISOString(), edited_timestamp: null, tts: false,
+        mention_everyone: false, mentions: [], mention_roles: [], attachments: o.attachments ?? [], embeds: [], pinned: false, type: 0, flags: 0, components: [],
+      };
+      this.messages.set(message.id, message);
+      this.dispatch('MESSAGE_CREATE', message);
+      return message;
+    }
     const mentions = o.mentionBot ? [this.botUser] : [];
     const message: Json = {
       id: snowflake(),

@@ -39,6 +39,8 @@ let app: App;
 let bot: DiscordBot;
 let config: Config;
 let inference: SwitchableInference;
+const errors: string[] = [];
+const warnings: string[] = [];
 
 async function png(r: number, g: number, b: number, size = 64): Promise<Buffer> {
   return sharp({ create: { width: size, height: size, channels: 3, background: { r, g, b } } })
@@ -81,6 +83,7 @@ beforeAll(async () => {
     restApi: fake.api,
     extraImageHosts: [fake.host],
     insecureImageHosts: [fake.host],
+    logger: { info() {}, warn: (o, m) => warnings.push(`${m} ${JSON.stringify(o)}`), error: (o, m) => errors.push(`${m} ${JSON.stringify(o)}`) },
   });
   await bot.start();
 }, 60_000);
@@ -226,13 +229,36 @@ describe('Discord bot (discord.js against a fake Discord)', () => {
     expect(fake.requests.filter((r) => r.path.startsWith(`/channels/${threadId}/messages/`) && r.path.endsWith('/threads'))).toHaveLength(0);
   });
 
-  it('mentioning the bot with an image works as /describe (with text: as /ask), in a reply with its own thread', async () => {
+  it('mentioning the bot with an image works as /describe, in a reply with its own thread; replying to that reply continues it', async () => {
     const max = user('max');
     const m = fake.post({ user: max, mentionBot: true, attachments: [fake.attachment('m.png', await png(90, 90, 10), 'image/png')] });
     await fake.waitFor((r) => r.method === 'POST' && r.path === `/channels/${fake.channelId}/messages` && r.body?.message_reference?.message_id === m.id, 10_000, 'the reply');
     const reply = fake.botMessages(fake.channelId).find((x) => x.message_reference?.message_id === m.id)!;
     await fake.waitFor((r) => r.method === 'PATCH' && r.path === `/channels/${fake.channelId}/messages/${reply.id}` && /\n-# \d+ tokens/.test(r.body?.content ?? ''), 30_000, 'the answer');
     await fake.waitFor((r) => r.method === 'POST' && r.path === `/channels/${fake.channelId}/messages/${reply.id}/threads`, 5000, 'the thread');
+
+    // Replying to Curio's message (outside its thread) continues the same conversation.
+    const again = fake.post({ user: max, content: 'Is it bright?', replyTo: fake.messages.get(reply.id)!, mentionBot: true });
+    await fake.waitFor((r) => r.method === 'POST' && r.path === `/channels/${fake.channelId}/messages` && r.body?.message_reference?.message_id === again.id, 10_000, 'the follow-up reply');
+    const second = fake.botMessages(fake.channelId).find((x) => x.message_reference?.message_id === again.id)!;
+    const done = await fake.waitFor((r) => r.method === 'PATCH' && r.path === `/channels/${fake.channelId}/messages/${second.id}` && /\n-# \d+ tokens/.test(r.body?.content ?? ''), 30_000, 'the follow-up answer');
+    expect(done.body.content).not.toMatch(/⚠️/);
+  });
+
+  it('in a DM: an image gets a description, and the next message continues it', async () => {
+    const dm = '424242424242424242';
+    const nia = user('nia');
+    const first = fake.post({ user: nia, dm: true, channelId: dm, attachments: [fake.attachment('dm.png', await png(60, 160, 60), 'image/png')] });
+    const answered = async (m: Json) => {
+      await fake.waitFor((r) => r.method === 'POST' && r.path === `/channels/${dm}/messages` && r.body?.message_reference?.message_id === m.id, 10_000, 'the DM reply');
+      const reply = fake.botMessages(dm).find((x) => x.message_reference?.message_id === m.id)!;
+      return fake.waitFor((r) => r.method === 'PATCH' && r.path === `/channels/${dm}/messages/${reply.id}` && /\n-# \d+ tokens/.test(r.body?.content ?? ''), 30_000, 'the DM answer');
+    };
+    await answered(first);
+    const next = fake.post({ user: nia, dm: true, channelId: dm, content: 'What else?' });
+    const done = await answered(next);
+    expect(done.body.content).not.toMatch(/⚠️/);
+    expect(fake.requests.some((r) => r.path.startsWith(`/channels/${dm}/messages/`) && r.path.endsWith('/threads'))).toBe(false);
   });
 
   it('a non-image attachment is refused privately at once', async () => {
@@ -384,5 +410,11 @@ describe('Discord bot (discord.js against a fake Discord)', () => {
     } finally {
       inference.override = undefined;
     }
+  });
+
+  it('logged no errors, and never the token', () => {
+    expect(errors).toEqual([]);
+    expect(warnings.join('\n')).not.toContain('fake-bot-token');
+    expect(warnings.some((w) => /interaction token expired/.test(w))).toBe(true);
   });
 });
