@@ -12,7 +12,7 @@ export type { EventDeduper, ThreadRegistry } from './state';
  * SLACK_SIGNING_SECRET, or Socket Mode with SLACK_APP_TOKEN); undefined when Slack is not
  * configured. Throws with a one-line reason when it is configured wrongly.
  */
-export async function startSlackBot(app: App, env: NodeJS.ProcessEnv = process.env): Promise<{ name: string; stop(): Promise<void> } | undefined> {
+export async function startSlackBot(app: App, env: NodeJS.ProcessEnv = process.env): Promise<{ name: string; url?: string; stop(): Promise<void> } | undefined> {
   const slack = slackFromEnv(env);
   if (!slack) return undefined;
   const bot = createSlackBot({
@@ -25,7 +25,9 @@ export async function startSlackBot(app: App, env: NodeJS.ProcessEnv = process.e
     redis: app.redis,
     logger: app.logger.child({ adapter: 'slack' }),
     modelName: app.modelName,
+    // A proxy or test double of Slack's Web API.
+    ...(env.SLACK_API_URL ? { slackApiUrl: env.SLACK_API_URL } : {}),
   });
-  await bot.start();
-  return { name: 'slack', stop: () => bot.stop() };
+  const { port } = await bot.start();
+  return { name: 'slack', ...(port !== undefined ? { url: `http://127.0.0.1:${port}/slack/events` } : {}), stop: () => bot.stop() };
 }
