@@ -166,8 +166,8 @@ async function redisPath(pool: LocalInference, host: string, n: number, maxNewTo
       }
       lines.push(
         table(
-          ['path', 'jobs', 'latency p50 ms', 'overhead p50 ms', 'overhead p95 ms'],
-          [['Redis (BullMQ) → pool', overhead.length, median(lat), median(overhead), quantile(overhead, 0.95)]],
+          ['path', 'jobs', 'latency p50 ms', 'overhead p50 ms', 'overhead p95 ms', 'target'],
+          [['Redis (BullMQ) → pool', overhead.length, median(lat), median(overhead), quantile(overhead, 0.95), `< 10 ms -> ${median(overhead) < 10 ? 'MET' : 'NOT MET'}`]],
         ),
       );
       lines.push(`(overhead = latency seen by RemoteInference.run minus the latency of the same job on the pool it was handed to)`);
