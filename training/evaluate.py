@@ -216,6 +216,9 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
         # 3. self-questioning, as /quiz: detailed description, then VUSER samples, then answers
         if not sq:
             res.update(sq_valid=float("nan"), diversity=float("nan"), sq_answer=float("nan"), seconds=time.time() - t0)
+            if examples:
+                res["examples"] = {"captions": [{"scene": i, "caption": caps[i], "ok": cap_ok[i]}
+                                                for i in range(min(examples, n))]}
             return res
         gen = torch.Generator().manual_seed(seed)
         valid, distinct, sq_ok, forms_seen = [], [], [], defaultdict(int)

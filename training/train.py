@@ -45,12 +45,14 @@ class Schedule:
     stage0_steps: int = 300
     stage0_batch: int = 48
     stage0_lr: float = 1e-3
-    stage1_steps: int = 250
+    stage1_steps: int = 150
     stage1_batch: int = 16
     stage1_lr: float = 1e-3
-    stage2_steps: int = 1100
+    stage2_steps: int = 750
     stage2_batch: int = 16
     stage2_lr: float = 8e-4
+    stage3_steps: int = 0  # optional continuation of stage 2 (same data) with its own, lower peak
+    stage3_lr: float = 3e-4
     vision_lr_scale: float = 0.3  # stage 2: the ViT moves slower than the rest
     warmup: int = 50
     weight_decay: float = 0.01
@@ -64,9 +66,9 @@ class Schedule:
 SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
     # the ablations' schedule when time is short (stage 0 shared with the main run)
-    "short": Schedule(stage1_steps=80, stage2_steps=350),
+    "short": Schedule(stage2_steps=300),
     "smoke": Schedule(stage0_steps=6, stage0_batch=8, stage1_steps=4, stage1_batch=4, stage2_steps=6,
-                      stage2_batch=4, warmup=2, p_sharp=0.5),
+                      stage2_batch=4, stage3_steps=2, warmup=2, p_sharp=0.5),
 }
 
 
@@ -255,8 +257,8 @@ def make_optimizer(model: SQLLaVA, probe: Optional[CellProbe], stage: int, sched
     elif stage == 1:
         groups = [{"params": rest, "lr": sched.stage1_lr}]
     else:
-        groups = [{"params": rest, "lr": sched.stage2_lr},
-                  {"params": v, "lr": sched.stage2_lr * sched.vision_lr_scale}]
+        lr = sched.stage2_lr if stage == 2 else sched.stage3_lr
+        groups = [{"params": rest, "lr": lr}, {"params": v, "lr": lr * sched.vision_lr_scale}]
     for g in groups:
         g["base_lr"] = g["lr"]
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=sched.weight_decay)
@@ -300,6 +302,11 @@ def train(args, tokenizer=None) -> SQLLaVA:
         probe.load_state_dict(ck["probe"])
         stage, step, elapsed, opt_state, history = ck["stage"], ck["step"], ck["elapsed"], ck["opt"], ck["history"]
         print(f"[train] resumed from {ckpt_path}: stage {stage} step {step} ({elapsed / 60:.1f} min so far)", flush=True)
+    elif args.init_from:
+        ck = torch.load(args.init_from)
+        model.load_state_dict(ck["model"])
+        stage = ck["next_stage"]
+        print(f"[train] stages before {stage} shared from {args.init_from}", flush=True)
     elif args.init_vision_from:
         ck = torch.load(args.init_vision_from)
         vt = {k[len("model.vision_tower."):]: v for k, v in ck["model"].items() if k.startswith("model.vision_tower.")}
@@ -307,10 +314,13 @@ def train(args, tokenizer=None) -> SQLLaVA:
         stage = 1
         print(f"[train] stage 0 (vision pretraining) shared from {args.init_vision_from}", flush=True)
 
-    steps = {0: sched.stage0_steps, 1: sched.stage1_steps, 2: sched.stage2_steps}
+    steps = {0: sched.stage0_steps, 1: sched.stage1_steps, 2: sched.stage2_steps, 3: sched.stage3_steps}
     last_ckpt = time.time()
-    while stage <= 2:
+    while stage <= 3:
         total = steps[stage]
+        if total == 0:
+            stage += 1
+            continue
         opt = make_optimizer(model, probe, stage, sched)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
@@ -348,10 +358,10 @@ def train(args, tokenizer=None) -> SQLLaVA:
                 batch = data.lm_batch(stage, step, bsz, sched.sq_r)
                 t_data += time.time() - ts
                 cand = None
-                if sched.sampled_negatives and not (stage == 2 and step >= total * (1 - sched.full_softmax_tail)):
+                if sched.sampled_negatives and not (stage >= 2 and step >= total * (1 - sched.full_softmax_tail)):
                     cand = candidates_for(world, batch.rest_ids[batch.labels], cfg.text.vocab_size,
                                           sched.sampled_negatives, args.seed * 1_000_003 + stage * 100_003 + step)
-                loss = lm_loss(model, batch, vision_grad=stage == 2, candidates=cand)
+                loss = lm_loss(model, batch, vision_grad=stage >= 2, candidates=cand)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -382,8 +392,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
                                       "step": step, "elapsed": elapsed, "opt": opt.state_dict(),
                                       "history": history, "config": config_to_dict(cfg), "variant": args.variant})
                 last_ckpt = time.time()
-        if stage == 0:
-            save_ckpt(os.path.join(args.out, "stage0.pt"), {"model": model.state_dict()})
+        save_ckpt(os.path.join(args.out, f"stage{stage}.pt"), {"model": model.state_dict(), "next_stage": stage + 1})
         stage, step = stage + 1, 0
         save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), "stage": stage, "step": 0,
                               "elapsed": elapsed, "opt": None, "history": history, "config": config_to_dict(cfg),
@@ -408,6 +417,8 @@ def main(argv=None):
     ap.add_argument("--sharp-pool", type=int, default=3000)
     ap.add_argument("--init-vision-from", default=None,
                     help="share stage 0 (vision pretraining) from another run's stage0.pt")
+    ap.add_argument("--init-from", default=None,
+                    help="start after the stage saved in another run's stage<N>.pt (same architecture)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=10)
