@@ -96,3 +96,26 @@ describe('curio CLI', () => {
     expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
   });
 });
+
+describe('curio start (what npm start runs)', () => {
+  it('serves the playground, and exits cleanly on SIGTERM', async () => {
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin/curio.js'), 'start'], {
+      cwd: ROOT,
+      env: { ...process.env, CURIO_MODEL__DIR: BUNDLE, CURIO_INFERENCE__INTRA_OP_THREADS: '1', CURIO_PLAYGROUND__PORT: '0', CURIO_HTTP__PORT: '0', CURIO_LOG__LEVEL: 'warn' },
+    });
+    let stderr = '';
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on('data', (d) => {
+        stderr += d;
+        const m = /Curio playground: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(stderr);
+        if (m) resolve(m[1]);
+      });
+      child.on('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+    });
+    const page = await fetch(url);
+    expect(page.status).toBe(200);
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
+});
