@@ -12,9 +12,9 @@ const posInt = z.number().int().positive();
 const nonEmpty = z.string().min(1);
 const rgb = z.tuple([z.number(), z.number(), z.number()]);
 
-/** One ONNX file per weight dtype, e.g. `{ fp32: "onnx/x.onnx", fp16: "onnx/x_fp16.onnx" }`. */
+/** One ONNX file per weight dtype present, e.g. `{ fp16: "onnx/x_fp16.onnx" }` (partial: zod 4 makes enum-keyed records exhaustive). */
 const filesByDtype = z
-  .record(z.enum(DTYPES), nonEmpty)
+  .partialRecord(z.enum(DTYPES), nonEmpty)
   .refine((files) => Object.keys(files).length > 0, 'at least one dtype file is required');
 
 export const ImageSpecSchema = z.object({

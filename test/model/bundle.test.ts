@@ -55,6 +55,19 @@ describe('bundle loading', () => {
     await b.release();
   });
 
+  test('a bundle with one weight variant only (fp16, as the bundled model ships) loads', async () => {
+    const dir = bundleCopy(
+      (m) => {
+        m.dtypes = ['fp16'];
+        for (const g of ['vision', 'embed', 'decoder']) delete m[g].files.fp32;
+      },
+      { drop: ['onnx/vision_encoder.onnx', 'onnx/embed_tokens.onnx', 'onnx/decoder_model_merged.onnx'] },
+    );
+    const b = await loadBundle(dir);
+    expect(b.dtype).toBe('fp16');
+    await b.release();
+  });
+
   test('missing ONNX file', async () => {
     const err = await loadError(bundleCopy(undefined, { drop: ['onnx/decoder_model_merged_fp16.onnx'] }));
     expect(err.code).toBe('missing_file');
