@@ -32,7 +32,6 @@ export interface AppOptions {
   /** Use this inference client instead of a local pool (remote queue, tests). */
   inference?: InferenceClient;
   log?: 'silent' | Config['log']['level'];
-  playground?: boolean;
 }
 
 const MB = 1024 * 1024;

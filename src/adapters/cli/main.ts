@@ -69,7 +69,7 @@ async function openApp(g: GlobalOptions): Promise<App> {
   };
   status(`Loading model from ${config.model.dir}…`);
   try {
-    const app = await createApp(config, { playground: false, log: 'silent' });
+    const app = await createApp(config, { log: 'silent' });
     status('');
     if (!g.json && !err.isTTY) err.write(`Loaded ${app.modelName} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
     else if (!g.json) err.write(`\r\x1b[2KLoaded ${app.modelName} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
