@@ -345,8 +345,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write all numbers (and examples) here")
     ap.add_argument("--examples", type=int, default=0)
     ap.add_argument("--no-sq", action="store_true", help="captions and answers only (faster)")
+    ap.add_argument("--no-ablations", action="store_true", help="evaluate --model only")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.no_ablations:
+        args.ablation = []
     tok = LlamaTokenizer.from_file(TOKENIZER_JSON)
     if args.ablation is None:
         import os

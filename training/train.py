@@ -35,9 +35,10 @@ from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, 
 from training.sqllava.configs import PRESETS, config_to_dict
 from training.sqllava.model import SQLLaVA, SQLLaVAConfig, count_parameters
 from training.world.render import render_augmented
-from training.world.scene import BACKGROUNDS, COLOURS, SHAPES, scene_for
+from training.world.scene import BACKGROUNDS, COLOURS, SHAPES, sample_scene, scene_for
 
 TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
+KIND = {0: "vision", 1: "align", 2: "instruct", 3: "vision", 4: "instruct"}
 
 
 @dataclass
@@ -51,8 +52,16 @@ class Schedule:
     stage2_steps: int = 750
     stage2_batch: int = 16
     stage2_lr: float = 8e-4
-    stage3_steps: int = 0  # optional continuation of stage 2 (same data) with its own, lower peak
-    stage3_lr: float = 3e-4
+    # stage 3: vision again (ViT + probe only, the decoder untouched), shape-weighted: stage 0 left
+    # the ViT blind to shape (probe shape accuracy at chance) while colour/size/position were learnt
+    stage3_steps: int = 0
+    stage3_batch: int = 48
+    stage3_lr: float = 5e-4
+    shape_weight: float = 1.0  # stage 3's weight on the shape term (stage 0: 1)
+    stage3_shape_weight: float = 3.0
+    # stage 4: instruction tuning again (as stage 2), re-aligning the decoder to the new ViT
+    stage4_steps: int = 0
+    stage4_lr: float = 5e-4
     vision_lr_scale: float = 0.3  # stage 2: the ViT moves slower than the rest
     warmup: int = 50
     weight_decay: float = 0.01
@@ -67,8 +76,9 @@ SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
     # the ablations' schedule when time is short (stage 0 shared with the main run)
     "short": Schedule(stage2_steps=300),
+    "vision-probe": Schedule(stage3_steps=500, stage3_lr=5e-4),
     "smoke": Schedule(stage0_steps=6, stage0_batch=8, stage1_steps=4, stage1_batch=4, stage2_steps=6,
-                      stage2_batch=4, stage3_steps=2, warmup=2, p_sharp=0.5),
+                      stage2_batch=4, stage3_steps=2, stage3_batch=8, stage4_steps=2, warmup=2, p_sharp=0.5),
 }
 
 
@@ -207,11 +217,18 @@ class Data:
     def __init__(self, cfg: SQLLaVAConfig, enc: TextEncoder, seed: int, sched: Schedule, sharp: Optional[SharpPool]):
         self.cfg, self.enc, self.seed, self.sched, self.sharp = cfg, enc, seed, sched, sharp
 
-    def vision_batch(self, step: int, bsz: int):
+    def vision_batch(self, step: int, bsz: int, stage: int = 0, total: int = 1):
         scenes, pix = [], []
+        # stage 3 is a shape curriculum: square, lightly augmented scenes of 1-2 objects first,
+        # the full world distribution more and more often
+        p_easy = max(0.2, 1.0 - step / (0.6 * total)) if stage == 3 else 0.0
         for i in range(bsz):
-            rng = step_rng(self.seed, 0, step, i)
-            s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
+            rng = step_rng(self.seed, stage, step, i)
+            if rng.random() < p_easy:
+                s = sample_scene(rng, n_objects=rng.randint(1, 2), aspect=1.0, seed=-1)
+                p = preprocess_image(render_augmented(s, rng, strength=0.3), self.cfg.vision.image_size)
+            else:
+                s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
             scenes.append(s)
             pix.append(p)
         return torch.stack(pix), scenes
@@ -252,12 +269,12 @@ def cosine(step: int, total: int, warmup: int) -> float:
 def make_optimizer(model: SQLLaVA, probe: Optional[CellProbe], stage: int, sched: Schedule):
     v = list(model.model.vision_tower.parameters())
     rest = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
-    if stage == 0:
-        groups = [{"params": v + list(probe.parameters()), "lr": sched.stage0_lr}]
+    if KIND[stage] == "vision":
+        groups = [{"params": v + list(probe.parameters()), "lr": sched.stage0_lr if stage == 0 else sched.stage3_lr}]
     elif stage == 1:
         groups = [{"params": rest, "lr": sched.stage1_lr}]
     else:
-        lr = sched.stage2_lr if stage == 2 else sched.stage3_lr
+        lr = sched.stage2_lr if stage == 2 else sched.stage4_lr
         groups = [{"params": rest, "lr": lr}, {"params": v, "lr": lr * sched.vision_lr_scale}]
     for g in groups:
         g["base_lr"] = g["lr"]
@@ -305,6 +322,8 @@ def train(args, tokenizer=None) -> SQLLaVA:
     elif args.init_from:
         ck = torch.load(args.init_from)
         model.load_state_dict(ck["model"])
+        if "probe" in ck:
+            probe.load_state_dict(ck["probe"])
         stage = ck["next_stage"]
         print(f"[train] stages before {stage} shared from {args.init_from}", flush=True)
     elif args.init_vision_from:
@@ -314,9 +333,10 @@ def train(args, tokenizer=None) -> SQLLaVA:
         stage = 1
         print(f"[train] stage 0 (vision pretraining) shared from {args.init_vision_from}", flush=True)
 
-    steps = {0: sched.stage0_steps, 1: sched.stage1_steps, 2: sched.stage2_steps, 3: sched.stage3_steps}
+    steps = {0: sched.stage0_steps, 1: sched.stage1_steps, 2: sched.stage2_steps, 3: sched.stage3_steps,
+             4: sched.stage4_steps}
     last_ckpt = time.time()
-    while stage <= 3:
+    while stage <= 4:
         total = steps[stage]
         if total == 0:
             stage += 1
@@ -326,8 +346,8 @@ def train(args, tokenizer=None) -> SQLLaVA:
             opt.load_state_dict(opt_state)
             opt_state = None
         for p in model.parameters():
-            p.requires_grad_(stage != 0 or False)
-        if stage == 0:
+            p.requires_grad_(KIND[stage] != "vision")
+        if KIND[stage] == "vision":
             for p in model.model.vision_tower.parameters():
                 p.requires_grad_(True)
         elif stage == 1:
@@ -342,26 +362,32 @@ def train(args, tokenizer=None) -> SQLLaVA:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * lr_f
             ts = time.time()
-            if stage == 0:
-                pix, scenes = data.vision_batch(step, sched.stage0_batch)
+            if KIND[stage] == "vision":
+                pix, scenes = data.vision_batch(step, sched.stage0_batch if stage == 0 else sched.stage3_batch, stage,
+                                                total)
                 t_data += time.time() - ts
                 sh, co, si, bg = probe_targets(scenes)
                 grid = cfg.vision.image_size // cfg.vision.patch_size
                 pool = torch.stack([cell_pool(sc.aspect, grid) for sc in scenes])
                 o_sh, o_co, o_si, o_bg = probe(model.model.vision_tower(pix), pool)
+                occ = sh < len(SHAPES)
+                w_shape = sched.shape_weight if stage == 0 else sched.stage3_shape_weight
                 loss = (F.cross_entropy(o_sh.flatten(0, 1), sh.flatten())
+                        + (w_shape - 1.0) * F.cross_entropy(o_sh[occ], sh[occ])
                         + F.cross_entropy(o_co.flatten(0, 1), co.flatten(), ignore_index=-100)
                         + 0.5 * F.cross_entropy(o_si.flatten(0, 1), si.flatten(), ignore_index=-100)
                         + 0.5 * F.cross_entropy(o_bg, bg))
+                shape_acc = (o_sh[occ].argmax(-1) == sh[occ]).float().mean().item()
             else:
                 bsz = sched.stage1_batch if stage == 1 else sched.stage2_batch
                 batch = data.lm_batch(stage, step, bsz, sched.sq_r)
                 t_data += time.time() - ts
                 cand = None
-                if sched.sampled_negatives and not (stage >= 2 and step >= total * (1 - sched.full_softmax_tail)):
+                if sched.sampled_negatives and not (KIND[stage] == "instruct" and step >= total * (1 - sched.full_softmax_tail)):
                     cand = candidates_for(world, batch.rest_ids[batch.labels], cfg.text.vocab_size,
                                           sched.sampled_negatives, args.seed * 1_000_003 + stage * 100_003 + step)
-                loss = lm_loss(model, batch, vision_grad=stage >= 2, candidates=cand)
+                loss = lm_loss(model, batch, vision_grad=KIND[stage] == "instruct", candidates=cand)
+                shape_acc = None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -375,11 +401,12 @@ def train(args, tokenizer=None) -> SQLLaVA:
                 dt = (now - t0) / max(1, step - (history[-1]["step"] if history and history[-1]["stage"] == stage else 0))
                 print(f"[stage {stage}] step {step}/{total} loss {lv:.4f} (ema {ema:.4f}) lr {opt.param_groups[0]['lr']:.2e} "
                       f"{dt:.2f}s/step (data {t_data / max(1e-9, now - t0) * 100:.0f}%) "
-                      f"elapsed {(elapsed + now - t0) / 60:.1f} min", flush=True)
+                      f"elapsed {(elapsed + now - t0) / 60:.1f} min"
+                      + (f" shape acc {shape_acc:.2f}" if shape_acc is not None else ""), flush=True)
                 history.append({"stage": stage, "step": step, "loss": ema})
                 elapsed += now - t0
                 t0, t_data = now, 0.0
-            if stage > 0 and (step % args.val_every == 0 or step == total):
+            if KIND[stage] != "vision" and (step % args.val_every == 0 or step == total):
                 model.eval()
                 with torch.no_grad():
                     vl = [lm_loss(model, vb).item() for vb in vals]

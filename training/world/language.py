@@ -26,8 +26,8 @@ PHRASINGS: Dict[str, List[str]] = {
                         "Which color does the {shape} have?"],
     "shape_of_colour": ["What shape is the {colour} object?", "What is the {colour} shape?",
                         "Which shape is {colour}?"],
-    "existence": ["Is there a {obj}?", "Is there a {obj} in the image?", "Can you see a {obj}?",
-                  "Does the image contain a {obj}?"],
+    "existence": ["Is there {art} {obj}?", "Is there {art} {obj} in the image?", "Can you see {art} {obj}?",
+                  "Does the image contain {art} {obj}?"],
     "position": ["Where is the {obj}?", "Where is the {obj} located?", "In which part of the image is the {obj}?"],
     "size": ["Is the {obj} big or small?", "Is the {obj} small or big?", "What size is the {obj}?",
              "How big is the {obj}?"],
@@ -226,6 +226,7 @@ def sample_question(scene: Scene, rng: random.Random, form: Optional[str] = None
                     if not scene.find(colour=c, shape=s):
                         break
                 slots["obj"] = f"{c} {s}"
+            slots["art"] = ARTICLE(slots["obj"])
         elif f in ("position", "size"):
             slots["obj"] = rng.choice(objs).ref
         elif f == "relation":
@@ -261,6 +262,7 @@ _SLOT_RE = {
     "rel": "|".join(RELATIONS),
     "attr": "|".join(COLOURS + SIZES),
     "shapes": "|".join(PLURAL.values()),
+    "art": "an|a",
 }
 _PARSERS: List[Tuple[str, "re.Pattern[str]"]] = []
 for _form, _ts in PHRASINGS.items():
