@@ -80,10 +80,19 @@ async function openApp(g: GlobalOptions): Promise<App> {
   }
 }
 
+/** A quiz as terminal text: the description, then numbered questions and their answers. */
+function quizText(reply: Extract<Reply, { kind: 'quiz' }>): string {
+  let s = reply.description;
+  reply.rounds.forEach((r, i) => {
+    s += `\n\nQ${i + 1}: ${r.question}`;
+    if (r.answer) s += `\nA${i + 1}: ${r.answer}`;
+  });
+  return s;
+}
+
 /** Renders reply events to the terminal as they stream. */
 class TerminalRenderer {
   private printed = '';
-  private quizState = { description: '', rounds: [] as Array<{ question: string; answer: string }> };
 
   constructor(private readonly json: boolean) {}
 
@@ -94,22 +103,12 @@ class TerminalRenderer {
   }
 
   private render(reply: Reply): void {
-    const text = reply.kind === 'answer' ? reply.text : this.quizText(reply);
+    const text = reply.kind === 'answer' ? reply.text : quizText(reply);
     // Streamed replies only grow; write the new suffix.
     if (text.startsWith(this.printed)) {
       out.write(text.slice(this.printed.length));
       this.printed = text;
     }
-  }
-
-  private quizText(reply: Extract<Reply, { kind: 'quiz' }>): string {
-    this.quizState = reply;
-    let s = reply.description;
-    reply.rounds.forEach((r, i) => {
-      s += `\n\nQ${i + 1}: ${r.question}`;
-      if (r.answer) s += `\nA${i + 1}: ${r.answer}`;
-    });
-    return s;
   }
 
   finish(): void {

@@ -349,7 +349,7 @@ class RemoteClient implements RemoteInference {
           const rec: Record<string, string> = {};
           for (let i = 0; i + 1 < fields.length; i += 2) rec[fields[i]] = fields[i + 1];
           try {
-            this.onStreamEvent(f, Number(rec.a ?? 0), JSON.parse(rec.e) as JobEvent);
+            this.onStreamEvent(f, Number(rec.a ?? 0), JSON.parse(rec.e) as JobEvent, rec.n === undefined ? undefined : Number(rec.n));
           } catch (err) {
             this.log.error({ err: (err as Error).message, job: f.id }, 'bad event on a job stream');
           }
@@ -358,7 +358,8 @@ class RemoteClient implements RemoteInference {
     }
   }
 
-  private onStreamEvent(f: Flight, attempt: number, ev: JobEvent): void {
+  /** `index`: the token's position within its attempt (absent on other events). */
+  private onStreamEvent(f: Flight, attempt: number, ev: JobEvent, index?: number): void {
     if (f.settled) return;
     if (attempt > f.attempt) {
       f.attempt = attempt;
@@ -372,6 +373,15 @@ class RemoteClient implements RemoteInference {
         }
         break;
       case 'token': {
+        if (index !== undefined) {
+          // Every attempt streams from its first token: pass on only what goes beyond what the
+          // listener already has, whatever the attempt counter says.
+          if (index < f.forwarded.length) break;
+          f.forwarded.push(ev);
+          f.replay = f.forwarded.length;
+          this.emit(f, ev);
+          break;
+        }
         const prev = f.forwarded[f.replay];
         f.replay++;
         if (prev && prev.text === ev.text && prev.part === ev.part && prev.round === ev.round) break; // already seen

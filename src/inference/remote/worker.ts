@@ -120,8 +120,12 @@ export async function startRemoteWorker(o: RemoteWorkerOptions): Promise<RemoteW
     const attempt = await cmd.incr(keys.attempt(job.id));
     await cmd.pexpire(keys.attempt(job.id), ttlMs);
     let last: Promise<unknown> = Promise.resolve();
+    // Tokens carry their index within this attempt, so a bot that re-reads the stream (after a
+    // retry, or a Redis restart that lost the attempt counter) skips what it already passed on.
+    let tokens = 0;
     const emit = (ev: JobEvent) => {
-      last = cmd.xadd(stream, 'MAXLEN', '~', '100000', '*', 'a', String(attempt), 'e', JSON.stringify(ev)).catch((err) => {
+      const index = ev.type === 'token' ? ['n', String(tokens++)] : [];
+      last = cmd.xadd(stream, 'MAXLEN', '~', '100000', '*', 'a', String(attempt), ...index, 'e', JSON.stringify(ev)).catch((err) => {
         log.warn({ err: (err as Error).message, job: job.id }, 'could not stream an event');
       });
     };
