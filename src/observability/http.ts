@@ -9,6 +9,7 @@
  *                   otherwise 503 with a JSON body naming what is missing (readiness: route
  *                   traffic elsewhere, do not restart).
  */
+import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Redis } from 'ioredis';
@@ -110,13 +111,8 @@ export async function startOpsServer(o: OpsServerOptions): Promise<OpsServer> {
     });
   });
   server.keepAliveTimeout = 5000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, o.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  // once() rejects if 'error' (e.g. EADDRINUSE) comes first.
+  await once(server.listen(o.port, o.host), 'listening');
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {

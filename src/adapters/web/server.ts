@@ -12,6 +12,7 @@
  * to 127.0.0.1 by default; POSTs from another origin are refused (a web page the user visits
  * must not be able to drive the local model).
  */
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -232,13 +233,8 @@ export async function startPlaygroundServer(o: PlaygroundOptions): Promise<Playg
     });
   });
   server.requestTimeout = 0; // streams may outlive node's default 5-minute request timeout
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, o.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  // once() rejects if 'error' (e.g. EADDRINUSE) comes first.
+  await once(server.listen(o.port, o.host), 'listening');
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address === '0.0.0.0' ? '127.0.0.1' : addr.address;
   return {
