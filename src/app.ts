@@ -53,7 +53,9 @@ export function localInferenceOptions(config: Config, logger: Logger, extra: Par
     gpus: config.model.gpus,
     workers: config.inference.workers || undefined,
     intraOpNumThreads: config.inference.intra_op_threads || undefined,
+    // A worker decodes together the jobs it holds, so jobs in flight per worker = batch size.
     maxBatch: config.inference.max_batch,
+    concurrentTasksPerWorker: config.inference.max_batch,
     maxQueue: config.inference.max_queue,
     jobTimeoutMs: config.inference.job_timeout_s * 1000,
     embeddingCacheBytes: config.inference.embedding_cache_mb * MB,
