@@ -1,22 +1,19 @@
 /**
  * The Discord adapter end to end: the real discord.js client against a fake Discord on
  * loopback (REST + gateway + CDN, test/support/fake-discord.ts), with Curio's app built by
- * createApp and the bundled model answering for real (the micro model when it has been
- * trained, else the tiny golden bundle, which answers deterministic gibberish). Tests act as
+ * createApp and the bundled model (models/sq-llava-micro) answering for real. Tests act as
  * users (INTERACTION_CREATE, MESSAGE_CREATE) and check what discord.js sends back.
  */
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
 import { createApp, type App } from '../../../src/app';
-import { loadConfig, PROJECT_ROOT, type Config } from '../../../src/config';
+import { loadConfig, type Config } from '../../../src/config';
 import { createDiscordBot, type DiscordBot } from '../../../src/adapters/discord/bot';
 import { createLocalInference } from '../../../src/inference/local';
 import type { InferenceClient, InferenceJob, JobEvent, RunHandle } from '../../../src/inference/types';
 import { FakeDiscord, user, type Json, type RecordedRequest } from '../../support/fake-discord';
+import { BUNDLED_MODEL } from '../../support/model';
 
-const MICRO = path.join(PROJECT_ROOT, 'models/sq-llava-micro');
-const MODEL_DIR = existsSync(path.join(MICRO, 'model.json')) ? MICRO : path.join(PROJECT_ROOT, 'test/fixtures/golden/bundle');
 const MB = 1024 * 1024;
 
 /** Routes jobs to the real pool, or to a scripted client while a test sets one. */
@@ -60,7 +57,7 @@ beforeAll(async () => {
   config = loadConfig({
     env: {},
     overrides: {
-      model: { dir: MODEL_DIR },
+      model: { dir: BUNDLED_MODEL },
       inference: { workers: 1, intra_op_threads: 1, max_queue: 2 },
       limits: { per_user: { capacity: 6, per_minute: 1 }, per_channel: { capacity: 1000, per_minute: 1000 } },
     },
@@ -146,10 +143,8 @@ describe('Discord bot (discord.js against a fake Discord)', () => {
     const i = fake.slash('quiz', { image: fake.attachment('quiz.png', await png(240, 200, 10), 'image/png'), questions: 2 }, { user: dan });
     const done = await fake.waitFor(finalEdit(i), 30_000, 'the final quiz');
     const content: string = done.body.content;
-    // The tiny golden model's 256-token context holds one round; a real model's holds both.
     const rounds = [...content.matchAll(/\*\*Q(\d)\.\*\* /g)].map((m) => Number(m[1]));
-    expect(rounds[0]).toBe(1);
-    expect(rounds.length).toBe(MODEL_DIR === MICRO ? 2 : rounds.length);
+    expect(rounds).toEqual([1, 2]);
     const n = rounds.length;
     expect(content).toMatch(/\*\*A1\.\*\* \|\|[\s\S]+?\|\|/);
     const ids = done.body.components.flatMap((row: { components: Array<{ custom_id: string }> }) => row.components.map((c) => c.custom_id));
@@ -166,14 +161,8 @@ describe('Discord bot (discord.js against a fake Discord)', () => {
     const more = fake.click(original, `curio:more:${n}:${original.id}`, { user: dan });
     const moreDone = await fake.waitFor((r) => finalEdit(more)(r) || (onWebhook(more, 'POST')(r) && isEphemeral(r)), 30_000, 'another question');
     const moreOriginal = fake.original(more.token)!;
-    if (MODEL_DIR === MICRO || /\*\*Q\d/.test(moreDone.body.content)) {
-      expect(moreDone.body.content).toMatch(new RegExp(`^\\*\\*Q${n + 1}\\.\\*\\* [\\s\\S]*\\*\\*A${n + 1}\\.\\*\\* \\|\\|`));
-      expect(moreOriginal.components[0].components.map((c: { custom_id: string }) => c.custom_id)).toEqual(['curio:reveal', `curio:more:${n + 1}:${original.id}`]);
-    } else {
-      // The golden model's context is full after one round: said plainly, and no button to click again.
-      expect(moreDone.body.content).toMatch(/no further question: this conversation is full/);
-      expect(moreOriginal.components).toEqual([]);
-    }
+    expect(moreDone.body.content).toMatch(new RegExp(`^\\*\\*Q${n + 1}\\.\\*\\* [\\s\\S]*\\*\\*A${n + 1}\\.\\*\\* \\|\\|`));
+    expect(moreOriginal.components[0].components.map((c: { custom_id: string }) => c.custom_id)).toEqual(['curio:reveal', `curio:more:${n + 1}:${original.id}`]);
   });
 
   it('"Describe image" on a message with two images uses the first and says so; "Quiz me" quizzes', async () => {

@@ -2,7 +2,6 @@
  * Observability: /metrics after real jobs on the bundled model, /healthz and /readyz (model
  * loaded, Redis reachable or not), and the structured request log lines.
  */
-import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -10,7 +9,7 @@ import { Redis } from 'ioredis';
 import pino from 'pino';
 import sharp from 'sharp';
 import { createApp, type App } from '../../../src/app';
-import { loadConfig, PROJECT_ROOT } from '../../../src/config';
+import { loadConfig } from '../../../src/config';
 import { DEFAULT_LIMITS, type CommandRequest, type ReplyEvent } from '../../../src/core/commands';
 import type { InferenceClient, InferenceStats, JobEvent, JobResult } from '../../../src/inference/types';
 import { InferenceError } from '../../../src/inference/types';
@@ -19,9 +18,8 @@ import { instrumentInference, ObservedCommands, platformOf } from '../../../src/
 import { startOpsServer, type OpsServer } from '../../../src/observability/http';
 import { MemoryConversationStore, MemoryImageStore, MemoryRateLimiter, MemoryResultCache } from '../../../src/store/memory';
 import { startRedis, type TestRedis } from '../../support/redis';
+import { BUNDLED_MODEL } from '../../support/model';
 
-const MICRO = path.join(PROJECT_ROOT, 'models/sq-llava-micro');
-const MODEL_DIR = existsSync(path.join(MICRO, 'model.json')) ? MICRO : path.join(PROJECT_ROOT, 'test/fixtures/golden/bundle');
 
 async function circle(fill: string): Promise<Uint8Array> {
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" fill="white"/><circle cx="48" cy="48" r="34" fill="${fill}"/></svg>`;
@@ -58,7 +56,7 @@ describe('metrics and health on the bundled model', () => {
     const config = loadConfig({
       env: {},
       overrides: {
-        model: { dir: MODEL_DIR },
+        model: { dir: BUNDLED_MODEL },
         inference: { workers: 1, intra_op_threads: 1 },
         limits: { per_user: { capacity: 100, per_minute: 100 }, per_channel: { capacity: 100, per_minute: 100 } },
       },

@@ -1,11 +1,9 @@
 /**
  * The local playground in a real browser: Debian's Chromium, headless, driven by
  * playwright-core, against the playground server on loopback with Curio's app built by
- * createApp and the bundled model answering for real (the micro model when it has been
- * trained, else the tiny golden bundle, which answers deterministic gibberish — real tokens,
- * streamed). A screenshot lands in test-artifacts/playground.png.
+ * createApp and the bundled model (models/sq-llava-micro) answering for real.
  */
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -13,11 +11,9 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { createApp, type App } from '../../../src/app';
 import { loadConfig, PROJECT_ROOT } from '../../../src/config';
 import { startPlayground, startPlaygroundServer, type Playground } from '../../../src/adapters/web';
+import { BUNDLED_MODEL } from '../../support/model';
 import type { Commands, ReplyEvent } from '../../../src/core/commands';
 
-const MICRO = path.join(PROJECT_ROOT, 'models/sq-llava-micro');
-const MODEL_DIR = existsSync(path.join(MICRO, 'model.json')) ? MICRO : path.join(PROJECT_ROOT, 'test/fixtures/golden/bundle');
-const GOLDEN = MODEL_DIR !== MICRO;
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARTIFACTS = path.join(PROJECT_ROOT, 'test-artifacts');
 
@@ -72,7 +68,7 @@ beforeAll(async () => {
   const config = loadConfig({
     env: {},
     overrides: {
-      model: { dir: MODEL_DIR },
+      model: { dir: BUNDLED_MODEL },
       inference: { workers: 1, intra_op_threads: 1 },
       limits: { per_user: { capacity: 100, per_minute: 100 }, per_channel: { capacity: 100, per_minute: 100 } },
     },
@@ -152,14 +148,8 @@ describe('playground in Chromium', () => {
     await bubble.locator('button.more').click();
     const more = await reply(page, 4, 120_000);
     expect(await more.getAttribute('data-state')).toBe('done');
-    if (GOLDEN) {
-      // The golden bundle's 256-token context is full after one quiz round: the page says so.
-      expect(await more.locator('.error.notice').textContent()).toMatch(/^No room for another question/);
-      expect(await page.locator('button.more').count()).toBe(0);
-    } else {
-      expect(await more.locator('.quiz .round .question').first().textContent()).toMatch(/^Q2: \S/);
-      expect(await more.locator('.quiz .round .answer-text').first().isVisible()).toBe(false);
-    }
+    expect(await more.locator('.quiz .round .question').first().textContent()).toMatch(/^Q2: \S/);
+    expect(await more.locator('.quiz .round .answer-text').first().isVisible()).toBe(false);
     await page.screenshot({ path: path.join(ARTIFACTS, 'playground.png'), fullPage: true });
   });
 
