@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import YAML from 'yaml';
 import { BOT_EVENTS, BOT_SCOPES, SHORTCUTS, SLASH_COMMANDS, createSlackBot, slackFromEnv, type SlackBot } from '../../../src/adapters/slack/app';
-import { ACTION_MORE, ACTION_REVEAL, NO_MORE_QUESTIONS, parseRevealValue } from '../../../src/adapters/slack/render';
+import { ACTION_MORE, ACTION_REVEAL, parseRevealValue } from '../../../src/adapters/slack/render';
 import { createApp, type App } from '../../../src/app';
 import { BUNDLED_MODEL } from '../../support/model';
 import { loadConfig, type Config } from '../../../src/config';
