@@ -7,12 +7,12 @@
 import path from 'node:path';
 import sharp from 'sharp';
 import { createApp, type App } from '../../../src/app';
-import { loadConfig, type Config } from '../../../src/config';
+import type { Config } from '../../../src/config';
 import { createDiscordBot, type DiscordBot } from '../../../src/adapters/discord/bot';
 import { createLocalInference } from '../../../src/inference/local';
 import type { InferenceClient, InferenceJob, JobEvent, RunHandle } from '../../../src/inference/types';
 import { FakeDiscord, user, type Json, type RecordedRequest } from '../../support/fake-discord';
-import { BUNDLED_MODEL } from '../../support/model';
+import { bundledModelConfig } from '../../support/model';
 
 const MB = 1024 * 1024;
 
@@ -54,13 +54,9 @@ const finalEdit = (i: { token: string }) => (r: RecordedRequest) => onWebhook(i,
 
 beforeAll(async () => {
   fake = await FakeDiscord.start();
-  config = loadConfig({
-    env: {},
-    overrides: {
-      model: { dir: BUNDLED_MODEL },
-      inference: { workers: 1, intra_op_threads: 1, max_queue: 2 },
-      limits: { per_user: { capacity: 6, per_minute: 1 }, per_channel: { capacity: 1000, per_minute: 1000 } },
-    },
+  config = bundledModelConfig({
+    inference: { max_queue: 2 },
+    limits: { per_user: { capacity: 6, per_minute: 1 }, per_channel: { capacity: 1000, per_minute: 1000 } },
   });
   // The app's own pool, wrapped so a test can stand in a scripted client (the long answer).
   const real = await createLocalInference({

@@ -9,8 +9,8 @@ import YAML from 'yaml';
 import { BOT_EVENTS, BOT_SCOPES, SHORTCUTS, SLASH_COMMANDS, createSlackBot, slackFromEnv, type SlackBot } from '../../../src/adapters/slack/app';
 import { ACTION_MORE, ACTION_REVEAL, parseRevealValue } from '../../../src/adapters/slack/render';
 import { createApp, type App } from '../../../src/app';
-import { BUNDLED_MODEL } from '../../support/model';
-import { loadConfig, type Config } from '../../../src/config';
+import { bundledModelConfig } from '../../support/model';
+import type { Config } from '../../../src/config';
 import { Commands } from '../../../src/core/commands';
 import { MemoryConversationStore, MemoryImageStore, MemoryRateLimiter } from '../../../src/store/memory';
 import {
@@ -86,13 +86,8 @@ let botUrl: string;
 
 beforeAll(async () => {
   fake = await FakeSlack.start();
-  config = loadConfig({
-    env: {},
-    overrides: {
-      model: { dir: BUNDLED_MODEL },
-      inference: { workers: 1, intra_op_threads: 1 },
-      limits: { per_user: { capacity: 1000, per_minute: 1000 }, per_channel: { capacity: 1000, per_minute: 1000 } },
-    },
+  config = bundledModelConfig({
+    limits: { per_user: { capacity: 1000, per_minute: 1000 }, per_channel: { capacity: 1000, per_minute: 1000 } },
   });
   curio = await createApp(config, { log: 'silent' });
   apps.push(curio);
@@ -344,7 +339,7 @@ describe('Slack bot (Bolt HTTP receiver, fake Web API, real model)', () => {
   });
 
   it('a full queue is refused privately with “busy”', async () => {
-    const busyConfig = loadConfig({ env: {}, overrides: { model: { dir: BUNDLED_MODEL }, inference: { workers: 1, intra_op_threads: 1, max_queue: 0 } } });
+    const busyConfig = bundledModelConfig({ inference: { max_queue: 0 } });
     const busy = await createApp(busyConfig, { log: 'silent' });
     apps.push(busy);
     const url = await startBot(busy.commands);

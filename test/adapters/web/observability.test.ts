@@ -9,7 +9,6 @@ import { Redis } from 'ioredis';
 import pino from 'pino';
 import sharp from 'sharp';
 import { createApp, type App } from '../../../src/app';
-import { loadConfig } from '../../../src/config';
 import { DEFAULT_LIMITS, type CommandRequest, type ReplyEvent } from '../../../src/core/commands';
 import type { InferenceClient, InferenceStats, JobEvent, JobResult } from '../../../src/inference/types';
 import { InferenceError } from '../../../src/inference/types';
@@ -18,7 +17,7 @@ import { instrumentInference, ObservedCommands, platformOf } from '../../../src/
 import { startOpsServer, type OpsServer } from '../../../src/observability/http';
 import { MemoryConversationStore, MemoryImageStore, MemoryRateLimiter, MemoryResultCache } from '../../../src/store/memory';
 import { startRedis, type TestRedis } from '../../support/redis';
-import { BUNDLED_MODEL } from '../../support/model';
+import { bundledModelConfig } from '../../support/model';
 
 
 async function circle(fill: string): Promise<Uint8Array> {
@@ -53,13 +52,8 @@ describe('metrics and health on the bundled model', () => {
   let ops: OpsServer;
 
   beforeAll(async () => {
-    const config = loadConfig({
-      env: {},
-      overrides: {
-        model: { dir: BUNDLED_MODEL },
-        inference: { workers: 1, intra_op_threads: 1 },
-        limits: { per_user: { capacity: 100, per_minute: 100 }, per_channel: { capacity: 100, per_minute: 100 } },
-      },
+    const config = bundledModelConfig({
+      limits: { per_user: { capacity: 100, per_minute: 100 }, per_channel: { capacity: 100, per_minute: 100 } },
     });
     app = await createApp(config, { log: 'silent' });
     ops = await startOpsServer({ host: '127.0.0.1', port: 0, metrics: app.metrics, inference: app.inference, redis: app.redis });

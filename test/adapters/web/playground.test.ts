@@ -9,9 +9,9 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { createApp, type App } from '../../../src/app';
-import { loadConfig, PROJECT_ROOT } from '../../../src/config';
+import { PROJECT_ROOT } from '../../../src/config';
 import { startPlayground, startPlaygroundServer, type Playground } from '../../../src/adapters/web';
-import { BUNDLED_MODEL } from '../../support/model';
+import { bundledModelConfig } from '../../support/model';
 import type { Commands, ReplyEvent } from '../../../src/core/commands';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -65,13 +65,8 @@ async function reply(p: Page, n: number, timeout = 60_000) {
 }
 
 beforeAll(async () => {
-  const config = loadConfig({
-    env: {},
-    overrides: {
-      model: { dir: BUNDLED_MODEL },
-      inference: { workers: 1, intra_op_threads: 1 },
-      limits: { per_user: { capacity: 100, per_minute: 100 }, per_channel: { capacity: 100, per_minute: 100 } },
-    },
+  const config = bundledModelConfig({
+    limits: { per_user: { capacity: 100, per_minute: 100 }, per_channel: { capacity: 100, per_minute: 100 } },
   });
   app = await createApp(config, { log: 'silent' });
   playground = await startPlayground(app, { host: '127.0.0.1', port: 0 });
