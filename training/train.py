@@ -6,10 +6,12 @@
 
 Stages (training/README.md explains what is frozen and why):
   0  vision pretraining -- stands in for CLIP, which does not exist at this scale: the ViT and a
-     throw-away per-cell probe learn shape/colour/size/occupancy of the 3x3 grid and the background.
+     throw-away per-patch probe (training/probe.py) learn each patch's object and its outline, on a
+     curriculum from one big centred object to the full world.
   1  alignment -- captions (v1), prototype extractor + projector + LLaMA decoder trained, ViT frozen.
   2  instruction tuning -- v1_sq conversations (later human turns -> VUSER with p=0.5, loss on
-     VUSER questions and answers) mixed with single-turn v1 samples; everything trained.
+     VUSER questions and answers) mixed with single-turn v1 samples; everything trained, the
+     probe's loss kept on so the ViT keeps what stage 0 taught it.
 
 Resumable: progress is checkpointed to runs/<name>/ckpt.pt every few minutes; rerunning the same
 command continues from it. Every batch is a pure function of (seed, stage, step).
@@ -32,36 +34,32 @@ import torch.nn.functional as F
 
 from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
                            scene_and_image, step_rng)
+from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
 from training.sqllava.configs import PRESETS, config_to_dict
 from training.sqllava.model import SQLLaVA, SQLLaVAConfig, count_parameters
 from training.world.render import render_augmented
-from training.world.scene import BACKGROUNDS, COLOURS, SHAPES, sample_scene, scene_for
+from training.world.scene import BIG_SIDE, sample_scene, scene_for
 
 TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
-KIND = {0: "vision", 1: "align", 2: "instruct", 3: "vision", 4: "instruct"}
+KIND = {0: "vision", 1: "align", 2: "instruct"}
 
 
 @dataclass
 class Schedule:
-    stage0_steps: int = 300
-    stage0_batch: int = 48
+    stage0_steps: int = 1500
+    stage0_batch: int = 32
     stage0_lr: float = 1e-3
+    # stage 0 curriculum (fractions of its steps): one big centred object first (shape is learnt
+    # there or nowhere), then one or two objects anywhere, then more and more of the full world
+    stage0_centred: float = 0.2
+    stage0_simple: float = 0.45
     stage1_steps: int = 150
     stage1_batch: int = 16
     stage1_lr: float = 1e-3
-    stage2_steps: int = 750
+    stage2_steps: int = 900
     stage2_batch: int = 16
     stage2_lr: float = 8e-4
-    # stage 3: vision again (ViT + probe only, the decoder untouched), shape-weighted: stage 0 left
-    # the ViT blind to shape (probe shape accuracy at chance) while colour/size/position were learnt
-    stage3_steps: int = 0
-    stage3_batch: int = 48
-    stage3_lr: float = 5e-4
-    shape_weight: float = 1.0  # stage 3's weight on the shape term (stage 0: 1)
-    stage3_shape_weight: float = 3.0
-    # stage 4: instruction tuning again (as stage 2), re-aligning the decoder to the new ViT
-    stage4_steps: int = 0
-    stage4_lr: float = 5e-4
+    probe_weight: float = 0.5  # stage 2: the vision probe's loss kept on, so the ViT keeps its features
     vision_lr_scale: float = 0.3  # stage 2: the ViT moves slower than the rest
     warmup: int = 50
     weight_decay: float = 0.01
@@ -76,61 +74,9 @@ SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
     # the ablations' schedule when time is short (stage 0 shared with the main run)
     "short": Schedule(stage2_steps=300),
-    "vision-probe": Schedule(stage3_steps=500, stage3_lr=5e-4),
     "smoke": Schedule(stage0_steps=6, stage0_batch=8, stage1_steps=4, stage1_batch=4, stage2_steps=6,
-                      stage2_batch=4, stage3_steps=2, stage3_batch=8, stage4_steps=2, warmup=2, p_sharp=0.5),
+                      stage2_batch=4, warmup=2, p_sharp=0.5),
 }
-
-
-# ----------------------------------------------------------------------------- stage 0 probe
-
-class CellProbe(nn.Module):
-    """Reads the ViT tokens out per grid cell (average of the patches under the cell, found from
-    the scene's aspect ratio and the square padding) and for the background. Only used in
-    stage 0; not part of the model."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU())
-        self.shape = nn.Linear(2 * d, len(SHAPES) + 1)  # + empty
-        self.colour = nn.Linear(2 * d, len(COLOURS))
-        self.size = nn.Linear(2 * d, 2)
-        self.bg = nn.Linear(d, len(BACKGROUNDS))
-
-    def forward(self, tokens, pool):
-        h = self.mlp(self.norm(pool @ tokens))
-        return self.shape(h), self.colour(h), self.size(h), self.bg(tokens.mean(1))
-
-
-def cell_pool(aspect: float, grid: int) -> torch.Tensor:
-    """[9, grid*grid] weights: each cell's overlap with each patch, rows summing to 1."""
-    w, h = (1.0, 1.0 / aspect) if aspect >= 1 else (aspect, 1.0)
-    x0, y0 = (1 - w) / 2, (1 - h) / 2
-    edges = torch.linspace(0, 1, grid + 1)
-    m = torch.zeros(9, grid * grid)
-    for cell in range(9):
-        r, c = divmod(cell, 3)
-        cx0, cx1 = x0 + c * w / 3, x0 + (c + 1) * w / 3
-        cy0, cy1 = y0 + r * h / 3, y0 + (r + 1) * h / 3
-        ox = (torch.minimum(edges[1:], torch.tensor(cx1)) - torch.maximum(edges[:-1], torch.tensor(cx0))).clamp(min=0)
-        oy = (torch.minimum(edges[1:], torch.tensor(cy1)) - torch.maximum(edges[:-1], torch.tensor(cy0))).clamp(min=0)
-        m[cell] = (oy[:, None] * ox[None, :]).flatten()
-    return m / m.sum(1, keepdim=True)
-
-
-def probe_targets(scenes):
-    b = len(scenes)
-    shape = torch.full((b, 9), len(SHAPES), dtype=torch.long)
-    colour = torch.full((b, 9), -100, dtype=torch.long)
-    size = torch.full((b, 9), -100, dtype=torch.long)
-    bg = torch.tensor([BACKGROUNDS.index(s.background) for s in scenes])
-    for i, s in enumerate(scenes):
-        for o in s.objects:
-            shape[i, o.cell] = SHAPES.index(o.shape)
-            colour[i, o.cell] = COLOURS.index(o.colour)
-            size[i, o.cell] = 0 if o.size == "small" else 1
-    return shape, colour, size, bg
 
 
 # ----------------------------------------------------------------------------- model
@@ -151,13 +97,15 @@ def build_model(preset: str, variant: str) -> SQLLaVA:
     return model
 
 
-def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: Optional[torch.Tensor] = None
+def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: Optional[torch.Tensor] = None,
+            probe: Optional[PatchProbe] = None, vision_targets: Optional[PatchTargets] = None, probe_weight: float = 0.0
             ) -> torch.Tensor:
     """Next-token loss on the batch's target tokens.
 
     `candidates` (sorted token ids, holding every target) restricts the softmax to those rows of
     lm_head -- a sampled softmax (the world's words plus random negatives) that cuts the
     32,000-way projection, the largest cost of a step; None is the exact full-vocabulary loss.
+    With `probe`, the vision probe's loss on the same images is added with `probe_weight`.
     """
     b, t = batch.rest_ids.shape
     pre = model.embed(batch.prefix_ids[None])
@@ -166,12 +114,10 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
     _, past = model.decode(pre, torch.ones(1, tp, dtype=torch.long), torch.arange(tp)[None],
                            logits_for=torch.zeros(1, tp, dtype=torch.bool))
     past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past]
-    if vision_grad:
-        img = model.encode_images(batch.pixels)
-    else:
-        with torch.no_grad():
-            feats = model.model.vision_tower(batch.pixels)
-        img = model.model.mm_projector(feats)
+    with torch.set_grad_enabled(vision_grad and torch.is_grad_enabled()):
+        feats = model.model.vision_tower(batch.pixels)
+    img = model.model.mm_projector(feats)
+    aux = probe_weight * probe_loss(probe(feats), vision_targets) if probe is not None else 0.0
     n = img.shape[1]
     emb = torch.cat([img, model.embed(batch.rest_ids)], dim=1)
     am = torch.cat([torch.ones(b, tp + n, dtype=torch.long), batch.rest_mask], dim=1)
@@ -181,7 +127,7 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
     targets = batch.rest_ids[batch.labels]
     if candidates is None:
         logits, _ = model.decode(emb, am, pos, past, logits_for=lf)
-        return F.cross_entropy(logits.float(), targets)
+        return F.cross_entropy(logits.float(), targets) + aux
     head = model.lm_head
     try:
         model.lm_head = nn.Identity()  # decode returns the final hidden states at the loss positions
@@ -189,7 +135,7 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
     finally:
         model.lm_head = head
     logits = hidden @ head.weight[candidates].t()
-    return F.cross_entropy(logits, torch.searchsorted(candidates, targets))
+    return F.cross_entropy(logits, torch.searchsorted(candidates, targets)) + aux
 
 
 def world_vocabulary(enc: TextEncoder, n_scenes: int = 400) -> torch.Tensor:
@@ -214,26 +160,40 @@ def candidates_for(world: torch.Tensor, targets: torch.Tensor, vocab: int, n_neg
 # ----------------------------------------------------------------------------- batches
 
 class Data:
+    """Every batch is a pure function of (seed, stage, step), so worker processes can make them."""
+
     def __init__(self, cfg: SQLLaVAConfig, enc: TextEncoder, seed: int, sched: Schedule, sharp: Optional[SharpPool]):
         self.cfg, self.enc, self.seed, self.sched, self.sharp = cfg, enc, seed, sched, sharp
 
-    def vision_batch(self, step: int, bsz: int, stage: int = 0, total: int = 1):
+    def vision_scene(self, rng: random.Random, progress: float):
+        """Stage 0's curriculum: `progress` in [0, 1) is the share of the stage done."""
+        size = self.cfg.vision.image_size
+        if progress < self.sched.stage0_centred:
+            s = sample_scene(rng, n_objects=1, aspect=1.0, seed=-1)
+            o = s.objects[0]
+            o.size, o.side, o.cell = "big", rng.uniform(*BIG_SIDE), 4
+            return s, preprocess_image(render_augmented(s, rng, strength=0.3), size)
+        # after the simple phase, the full world's share grows from 30% to 90%
+        p_full = 0.0 if progress < self.sched.stage0_simple else \
+            0.3 + 0.6 * (progress - self.sched.stage0_simple) / (1 - self.sched.stage0_simple)
+        if rng.random() >= p_full:
+            s = sample_scene(rng, n_objects=1 if rng.random() < 0.6 else 2, seed=-1)
+            return s, preprocess_image(render_augmented(s, rng, strength=0.6), size)
+        return scene_and_image(rng, size, self.sharp, self.sched.p_sharp)
+
+    def vision_batch(self, step: int, bsz: int, total: int) -> Tuple[torch.Tensor, PatchTargets]:
         scenes, pix = [], []
-        # stage 3 is a shape curriculum: square, lightly augmented scenes of 1-2 objects first,
-        # the full world distribution more and more often
-        p_easy = max(0.2, 1.0 - step / (0.6 * total)) if stage == 3 else 0.0
         for i in range(bsz):
-            rng = step_rng(self.seed, stage, step, i)
-            if rng.random() < p_easy:
-                s = sample_scene(rng, n_objects=rng.randint(1, 2), aspect=1.0, seed=-1)
-                p = preprocess_image(render_augmented(s, rng, strength=0.3), self.cfg.vision.image_size)
-            else:
-                s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
+            s, p = self.vision_scene(step_rng(self.seed, 0, step, i), step / max(1, total))
             scenes.append(s)
             pix.append(p)
-        return torch.stack(pix), scenes
+        return torch.stack(pix), patch_targets(scenes, self.grid)
 
-    def lm_batch(self, stage: int, step: int, bsz: int, sq_r: float) -> Batch:
+    @property
+    def grid(self) -> int:
+        return self.cfg.vision.image_size // self.cfg.vision.patch_size
+
+    def lm_batch(self, stage: int, step: int, bsz: int, sq_r: float) -> Tuple[Batch, PatchTargets]:
         template = "v1" if stage == 1 or step % 2 == 0 else "v1_sq"
         samples, pix = [], []
         for i in range(bsz):
@@ -241,7 +201,41 @@ class Data:
             s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
             samples.append(make_sample(s, rng, stage, template, sq_r))
             pix.append(p)
-        return collate(samples, pix, self.enc)
+        return collate(samples, pix, self.enc), patch_targets([x.scene for x in samples], self.grid)
+
+
+class StageBatches(torch.utils.data.Dataset):
+    """Step -> batch of one stage, for a DataLoader whose workers render while the model trains."""
+
+    def __init__(self, data: Data, stage: int, total: int, bsz: int, sq_r: float):
+        self.data, self.stage, self.total, self.bsz, self.sq_r = data, stage, total, bsz, sq_r
+
+    def __len__(self):
+        return self.total
+
+    def __getitem__(self, step: int):
+        if KIND[self.stage] == "vision":
+            return self.data.vision_batch(step, self.bsz, self.total)
+        return self.data.lm_batch(self.stage, step, self.bsz, self.sq_r)
+
+
+def batches(data: Data, stage: int, start: int, total: int, bsz: int, sq_r: float, workers: int):
+    ds = StageBatches(data, stage, total, bsz, sq_r)
+    if workers == 0:
+        return (ds[i] for i in range(start, total))
+    return iter(torch.utils.data.DataLoader(
+        ds, batch_size=None, sampler=range(start, total), num_workers=workers, prefetch_factor=4,
+        worker_init_fn=lambda _: torch.set_num_threads(1)))
+
+
+def val_vision(cfg: SQLLaVAConfig, n: int = 200) -> Tuple[torch.Tensor, PatchTargets]:
+    """Fixed validation scenes with the training augmentations, for the probe's accuracy."""
+    scenes, pix = [], []
+    for i in range(n):
+        s = scene_for("val", 10_000 + i)
+        scenes.append(s)
+        pix.append(preprocess_image(render_augmented(s, random.Random(i)), cfg.vision.image_size))
+    return torch.stack(pix), patch_targets(scenes, cfg.vision.image_size // cfg.vision.patch_size)
 
 
 def val_batches(cfg: SQLLaVAConfig, enc: TextEncoder, sq_r: float, n: int = 16) -> List[Batch]:
@@ -266,16 +260,17 @@ def cosine(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-def make_optimizer(model: SQLLaVA, probe: Optional[CellProbe], stage: int, sched: Schedule):
+def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: int, sched: Schedule):
     v = list(model.model.vision_tower.parameters())
     rest = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
     if KIND[stage] == "vision":
-        groups = [{"params": v + list(probe.parameters()), "lr": sched.stage0_lr if stage == 0 else sched.stage3_lr}]
+        groups = [{"params": v + list(probe.parameters()), "lr": sched.stage0_lr}]
     elif stage == 1:
         groups = [{"params": rest, "lr": sched.stage1_lr}]
     else:
-        lr = sched.stage2_lr if stage == 2 else sched.stage4_lr
-        groups = [{"params": rest, "lr": lr}, {"params": v, "lr": lr * sched.vision_lr_scale}]
+        lr = sched.stage2_lr
+        groups = [{"params": rest, "lr": lr},
+                  {"params": v + list(probe.parameters()), "lr": lr * sched.vision_lr_scale}]
     for g in groups:
         g["base_lr"] = g["lr"]
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=sched.weight_decay)
@@ -301,12 +296,13 @@ def train(args, tokenizer=None) -> SQLLaVA:
     enc = TextEncoder(tokenizer)
     model = build_model(args.preset, args.variant)
     cfg = model.cfg
-    probe = CellProbe(cfg.vision.hidden_size)
+    probe = PatchProbe(cfg.vision.hidden_size)
     print(f"[train] {args.variant}: {count_parameters(model) / 1e6:.2f}M parameters, schedule {args.schedule}, "
           f"out {args.out}", flush=True)
     sharp = SharpPool(os.path.join(args.cache, "sharp"), args.sharp_pool) if sched.p_sharp > 0 else None
     data = Data(cfg, enc, args.seed, sched, sharp)
     vals = val_batches(cfg, enc, sched.sq_r, n=8 if args.schedule == "smoke" else 24)
+    val_pix, val_targets = val_vision(cfg, 16 if args.schedule == "smoke" else 200)
     world = world_vocabulary(enc, 20 if args.schedule == "smoke" else 400)
     print(f"[train] world vocabulary: {len(world)} token ids", flush=True)
 
@@ -330,13 +326,22 @@ def train(args, tokenizer=None) -> SQLLaVA:
         ck = torch.load(args.init_vision_from)
         vt = {k[len("model.vision_tower."):]: v for k, v in ck["model"].items() if k.startswith("model.vision_tower.")}
         model.model.vision_tower.load_state_dict(vt)
+        if "probe" in ck:
+            probe.load_state_dict(ck["probe"])
         stage = 1
         print(f"[train] stage 0 (vision pretraining) shared from {args.init_vision_from}", flush=True)
 
-    steps = {0: sched.stage0_steps, 1: sched.stage1_steps, 2: sched.stage2_steps, 3: sched.stage3_steps,
-             4: sched.stage4_steps}
+    steps = {0: sched.stage0_steps, 1: sched.stage1_steps, 2: sched.stage2_steps}
+
+    def probe_accuracy() -> str:
+        model.eval()
+        with torch.no_grad():
+            shape, colour = object_accuracy(probe(model.model.vision_tower(val_pix)), val_targets)
+        model.train()
+        return f"probe on validation scenes: shape {shape * 100:.1f}% colour {colour * 100:.1f}%"
+
     last_ckpt = time.time()
-    while stage <= 4:
+    while stage <= 2:
         total = steps[stage]
         if total == 0:
             stage += 1
@@ -347,47 +352,33 @@ def train(args, tokenizer=None) -> SQLLaVA:
             opt_state = None
         for p in model.parameters():
             p.requires_grad_(KIND[stage] != "vision")
-        if KIND[stage] == "vision":
-            for p in model.model.vision_tower.parameters():
-                p.requires_grad_(True)
-        elif stage == 1:
-            for p in model.model.vision_tower.parameters():
-                p.requires_grad_(False)
+        for p in model.model.vision_tower.parameters():
+            p.requires_grad_(stage != 1)  # stage 1 aligns with the ViT frozen, as the paper
         model.train()
         ema = None
         t0 = time.time()
         t_data = 0.0
+        bsz = {0: sched.stage0_batch, 1: sched.stage1_batch, 2: sched.stage2_batch}[stage]
+        feed = batches(data, stage, step, total, bsz, sched.sq_r, args.workers)
         while step < total:
             lr_f = cosine(step, total, sched.warmup)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * lr_f
             ts = time.time()
+            item = next(feed)
+            t_data += time.time() - ts
             if KIND[stage] == "vision":
-                pix, scenes = data.vision_batch(step, sched.stage0_batch if stage == 0 else sched.stage3_batch, stage,
-                                                total)
-                t_data += time.time() - ts
-                sh, co, si, bg = probe_targets(scenes)
-                grid = cfg.vision.image_size // cfg.vision.patch_size
-                pool = torch.stack([cell_pool(sc.aspect, grid) for sc in scenes])
-                o_sh, o_co, o_si, o_bg = probe(model.model.vision_tower(pix), pool)
-                occ = sh < len(SHAPES)
-                w_shape = sched.shape_weight if stage == 0 else sched.stage3_shape_weight
-                loss = (F.cross_entropy(o_sh.flatten(0, 1), sh.flatten())
-                        + (w_shape - 1.0) * F.cross_entropy(o_sh[occ], sh[occ])
-                        + F.cross_entropy(o_co.flatten(0, 1), co.flatten(), ignore_index=-100)
-                        + 0.5 * F.cross_entropy(o_si.flatten(0, 1), si.flatten(), ignore_index=-100)
-                        + 0.5 * F.cross_entropy(o_bg, bg))
-                shape_acc = (o_sh[occ].argmax(-1) == sh[occ]).float().mean().item()
+                pix, vt = item
+                loss = probe_loss(probe(model.model.vision_tower(pix)), vt)
             else:
-                bsz = sched.stage1_batch if stage == 1 else sched.stage2_batch
-                batch = data.lm_batch(stage, step, bsz, sched.sq_r)
-                t_data += time.time() - ts
+                batch, vt = item
                 cand = None
-                if sched.sampled_negatives and not (KIND[stage] == "instruct" and step >= total * (1 - sched.full_softmax_tail)):
+                if sched.sampled_negatives and not (stage == 2 and step >= total * (1 - sched.full_softmax_tail)):
                     cand = candidates_for(world, batch.rest_ids[batch.labels], cfg.text.vocab_size,
                                           sched.sampled_negatives, args.seed * 1_000_003 + stage * 100_003 + step)
-                loss = lm_loss(model, batch, vision_grad=KIND[stage] == "instruct", candidates=cand)
-                shape_acc = None
+                loss = lm_loss(model, batch, vision_grad=stage == 2, candidates=cand,
+                               probe=probe if stage == 2 and sched.probe_weight else None, vision_targets=vt,
+                               probe_weight=sched.probe_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -400,18 +391,20 @@ def train(args, tokenizer=None) -> SQLLaVA:
             if step % args.log_every == 0 or step == total:
                 dt = (now - t0) / max(1, step - (history[-1]["step"] if history and history[-1]["stage"] == stage else 0))
                 print(f"[stage {stage}] step {step}/{total} loss {lv:.4f} (ema {ema:.4f}) lr {opt.param_groups[0]['lr']:.2e} "
-                      f"{dt:.2f}s/step (data {t_data / max(1e-9, now - t0) * 100:.0f}%) "
-                      f"elapsed {(elapsed + now - t0) / 60:.1f} min"
-                      + (f" shape acc {shape_acc:.2f}" if shape_acc is not None else ""), flush=True)
+                      f"{dt:.2f}s/step (waiting for data {t_data / max(1e-9, now - t0) * 100:.0f}%) "
+                      f"elapsed {(elapsed + now - t0) / 60:.1f} min", flush=True)
                 history.append({"stage": stage, "step": step, "loss": ema})
                 elapsed += now - t0
                 t0, t_data = now, 0.0
-            if KIND[stage] != "vision" and (step % args.val_every == 0 or step == total):
-                model.eval()
-                with torch.no_grad():
-                    vl = [lm_loss(model, vb).item() for vb in vals]
-                model.train()
-                print(f"[stage {stage}] val loss v1 {vl[0]:.4f} v1_sq {vl[1]:.4f}", flush=True)
+            if step % args.val_every == 0 or step == total:
+                if KIND[stage] != "vision":
+                    model.eval()
+                    with torch.no_grad():
+                        vl = [lm_loss(model, vb).item() for vb in vals]
+                    model.train()
+                    print(f"[stage {stage}] val loss v1 {vl[0]:.4f} v1_sq {vl[1]:.4f}", flush=True)
+                if stage != 1:
+                    print(f"[stage {stage}] {probe_accuracy()}", flush=True)
             if time.time() - last_ckpt > args.ckpt_seconds or step == total:
                 elapsed += time.time() - t0
                 t0 = time.time()
@@ -419,7 +412,8 @@ def train(args, tokenizer=None) -> SQLLaVA:
                                       "step": step, "elapsed": elapsed, "opt": opt.state_dict(),
                                       "history": history, "config": config_to_dict(cfg), "variant": args.variant})
                 last_ckpt = time.time()
-        save_ckpt(os.path.join(args.out, f"stage{stage}.pt"), {"model": model.state_dict(), "next_stage": stage + 1})
+        save_ckpt(os.path.join(args.out, f"stage{stage}.pt"),
+                  {"model": model.state_dict(), "probe": probe.state_dict(), "next_stage": stage + 1})
         stage, step = stage + 1, 0
         save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), "stage": stage, "step": 0,
                               "elapsed": elapsed, "opt": None, "history": history, "config": config_to_dict(cfg),
@@ -448,6 +442,7 @@ def main(argv=None):
                     help="start after the stage saved in another run's stage<N>.pt (same architecture)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering batches ahead of training (0: inline)")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--val-every", type=int, default=100)
     ap.add_argument("--ckpt-seconds", type=float, default=240)

@@ -8,7 +8,8 @@ import torch
 from training.data import TextEncoder, collate, full_text, make_sample, preprocess_image, v1_sq_pieces
 from training.sqllava.conversation import sq_training_text
 from training.sqllava.tokenizer import LlamaTokenizer
-from training.train import CellProbe, cell_pool, Data, Schedule, build_model, candidates_for, lm_loss, probe_targets
+from training.probe import PatchProbe, patch_targets, probe_loss
+from training.train import Data, Schedule, build_model, candidates_for, lm_loss
 from training.world.render import render_pil
 from training.world.scene import scene_for
 
@@ -49,7 +50,7 @@ def test_few_steps_decrease_loss(tok):
     model = build_model("tiny", "full")
     enc = TextEncoder(tok)
     data = Data(model.cfg, enc, seed=0, sched=Schedule(p_sharp=0.0), sharp=None)
-    batches = [data.lm_batch(2, 0, 4, 0.5), data.lm_batch(2, 1, 4, 0.5)]
+    batches = [data.lm_batch(2, 0, 4, 0.5)[0], data.lm_batch(2, 1, 4, 0.5)[0]]
     assert {b.template for b in batches} == {"v1", "v1_sq"}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     first = [lm_loss(model, b).item() for b in batches]
@@ -67,16 +68,14 @@ def test_few_steps_decrease_loss(tok):
 def test_vision_pretraining_step_decreases_loss():
     torch.manual_seed(0)
     model = build_model("tiny", "full")
-    probe = CellProbe(model.cfg.vision.hidden_size)
+    probe = PatchProbe(model.cfg.vision.hidden_size)
     scenes = [scene_for("train", i) for i in range(6)]
     pix = torch.stack([preprocess_image(render_pil(s, 80), 56) for s in scenes])
-    sh, co, si, bg = probe_targets(scenes)
+    targets = patch_targets(scenes, 4)
     opt = torch.optim.AdamW(list(model.model.vision_tower.parameters()) + list(probe.parameters()), lr=3e-3)
 
     def loss_fn():
-        o = probe(model.model.vision_tower(pix), torch.stack([cell_pool(sc.aspect, 4) for sc in scenes]))
-        return torch.nn.functional.cross_entropy(o[0].flatten(0, 1), sh.flatten()) + \
-            torch.nn.functional.cross_entropy(o[3], bg)
+        return probe_loss(probe(model.model.vision_tower(pix)), targets)
 
     first = loss_fn().item()
     for _ in range(10):
@@ -111,3 +110,22 @@ def test_batched_generation_matches_step_by_step():
                 if nxt == 2:
                     break
             assert out == g
+
+
+def test_training_command_runs_every_stage_and_resumes(tmp_path, capsys):
+    """The whole `python -m training.train` loop on the tiny preset: the three stages with batches
+    rendered in a worker process, then a rerun that finds the finished run and does not retrain."""
+    from training.train import main
+    out = tmp_path / "run"
+    args = ["--preset", "tiny", "--schedule", "smoke", "--out", str(out), "--cache", str(tmp_path / "cache"),
+            "--sharp-pool", "8", "--threads", "1", "--workers", "1", "--log-every", "2", "--val-every", "3"]
+    main(args)
+    log = capsys.readouterr().out
+    for stage in (0, 1, 2):
+        assert f"[stage {stage}] step" in log
+        assert (out / f"stage{stage}.pt").exists()
+    assert "probe on validation scenes: shape" in log
+    assert "[stage 2] val loss v1" in log
+    assert (out / "final.pt").exists()
+    main(args)
+    assert "exists; skipping training" in capsys.readouterr().out

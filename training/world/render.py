@@ -92,23 +92,29 @@ def render_pil(scene: Scene, long_edge: int = 224, supersample: int = 4, rng: Op
     rng = rng or random.Random(scene.seed)
     w, h = canvas_size(scene, long_edge)
     ss = max(1, supersample)
-    W, H = w * ss, h * ss
-    mask_layers = []
-    for obj in scene.ordered():
-        cx, cy, side = object_box(scene, obj, W, H)
-        m = Image.new("L", (W, H), 0)
-        d = ImageDraw.Draw(m)
-        if obj.shape == "circle":
-            r = side / 2
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-        else:
-            d.polygon(shape_outline(obj, cx, cy, side), fill=255)
-        if ss > 1:
-            m = m.resize((w, h), Image.BOX)
-        mask_layers.append((obj, np.asarray(m, np.float32)[..., None] / 255.0))
     img = _background(scene, w, h, rng)
-    for obj, a in mask_layers:
-        img = img * (1 - a) + np.asarray(obj.rgb, np.float32) * a
+    for obj in scene.ordered():
+        cx, cy, side = object_box(scene, obj, w, h)
+        # each mask is drawn only over the object's own box (whole output pixels), which keeps
+        # large canvases cheap; the polygon is shifted by a whole number of output pixels
+        half = side * 0.75 + 2
+        x0, y0 = max(0, int(cx - half)), max(0, int(cy - half))
+        x1, y1 = min(w, int(math.ceil(cx + half))), min(h, int(math.ceil(cy + half)))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        m = Image.new("L", ((x1 - x0) * ss, (y1 - y0) * ss), 0)
+        d = ImageDraw.Draw(m)
+        lx, ly = (cx - x0) * ss, (cy - y0) * ss
+        if obj.shape == "circle":
+            r = side * ss / 2
+            d.ellipse([lx - r, ly - r, lx + r, ly + r], fill=255)
+        else:
+            d.polygon(shape_outline(obj, lx, ly, side * ss), fill=255)
+        if ss > 1:
+            m = m.resize((x1 - x0, y1 - y0), Image.BOX)
+        a = np.asarray(m, np.float32)[..., None] / 255.0
+        region = img[y0:y1, x0:x1]
+        img[y0:y1, x0:x1] = region * (1 - a) + np.asarray(obj.rgb, np.float32) * a
     return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
