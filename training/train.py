@@ -46,7 +46,7 @@ KIND = {0: "vision", 1: "align", 2: "instruct"}
 
 @dataclass
 class Schedule:
-    stage0_steps: int = 1500
+    stage0_steps: int = 2300
     stage0_batch: int = 32
     stage0_lr: float = 1e-3
     # stage 0 curriculum (fractions of its steps): one big centred object first (shape is learnt
@@ -94,6 +94,9 @@ def build_model(preset: str, variant: str) -> SQLLaVA:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+        elif isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):  # the conv stem
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
     return model
 
 

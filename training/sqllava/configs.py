@@ -22,11 +22,11 @@ PRESETS: Dict[str, SQLLaVAConfig] = {
         text=TextConfig(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40,
                         num_kv_heads=40, max_position_embeddings=4096),
     ),
-    # The bundled model (models/sq-llava-micro): 112 px, 64 image tokens, 24 prototypes
-    # (64 -> 24 is a non-integer pool, as 576 -> 256 is), grouped KV heads.
+    # The bundled model (models/sq-llava-micro): 128 px, a conv stem of stride 16 -> 64 image
+    # tokens, 24 prototypes (64 -> 24 is a non-integer pool, as 576 -> 256 is), grouped KV heads.
     "micro": SQLLaVAConfig(
-        vision=VisionConfig(image_size=112, patch_size=14, hidden_size=128, intermediate_size=512,
-                            num_layers=5, num_heads=4),  # select_layer -2: 4 layers used
+        vision=VisionConfig(image_size=128, patch_size=16, hidden_size=128, intermediate_size=512,
+                            num_layers=5, num_heads=4, stem="conv"),  # select_layer -2: 4 layers used
         text=TextConfig(hidden_size=192, intermediate_size=512, num_layers=4, num_heads=6,
                         num_kv_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6),
         num_prototypes=24,

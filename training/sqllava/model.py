@@ -35,6 +35,11 @@ class VisionConfig:
     num_heads: int = 16
     layer_norm_eps: float = 1e-5
     select_layer: int = -2  # hidden_states index, as `mm_vision_select_layer`
+    # "patch": CLIP's one linear patch projection (every released model). "conv": a stack of
+    # stride-2 3x3 convolutions with the same output grid (Xiao et al. 2021, "Early convolutions
+    # help transformers see better"), for the micro model, whose ViT is trained from scratch
+    # and needs a stem that sees the same shape the same way wherever it falls.
+    stem: str = "patch"
 
     @property
     def num_patches(self) -> int:
@@ -131,11 +136,29 @@ class CLIPEncoderLayer(nn.Module):
         return x + self.mlp(self.layer_norm2(x))
 
 
+def conv_stem(cfg: VisionConfig) -> nn.Sequential:
+    """log2(patch_size) stride-2 3x3 convolutions, GELU between them: the same token grid as a
+    patch projection of `patch_size`, built from translation-equivariant local filters."""
+    n = cfg.patch_size.bit_length() - 1
+    if 1 << n != cfg.patch_size:
+        raise ValueError(f"a conv stem needs a power-of-two patch size, not {cfg.patch_size}")
+    widths = [3] + [min(cfg.hidden_size, 32 << i) for i in range(n - 1)] + [cfg.hidden_size]
+    layers: List[nn.Module] = []
+    for i in range(n):
+        layers.append(nn.Conv2d(widths[i], widths[i + 1], 3, 2, 1))
+        if i < n - 1:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
 class CLIPVisionEmbeddings(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.class_embedding = nn.Parameter(torch.zeros(cfg.hidden_size))
-        self.patch_embedding = nn.Conv2d(3, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
+        if cfg.stem == "conv":
+            self.patch_embedding = conv_stem(cfg)
+        else:
+            self.patch_embedding = nn.Conv2d(3, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
         self.position_embedding = nn.Embedding(cfg.num_patches + 1, cfg.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

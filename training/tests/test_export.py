@@ -84,6 +84,24 @@ def test_parity_wide_config(tmp_path):
     _assert_parity(ex.check_bundle(model, out, seed=3, report=_quiet))
 
 
+def test_parity_conv_stem(tmp_path):
+    """The micro preset's conv stem (stride 16 from four stride-2 convolutions) exports like the
+    patch projection: same token grid, onnxruntime-node equal to PyTorch."""
+    cfg = SQLLaVAConfig(vision=VisionConfig(image_size=32, patch_size=16, hidden_size=16, intermediate_size=32,
+                                            num_layers=2, num_heads=2, stem="conv"),
+                        text=WIDE.text, num_prototypes=3)
+    torch.manual_seed(2)
+    model = SQLLaVA(cfg).eval()
+    stem = model.model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding
+    assert [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 4
+    assert model.encode_images(torch.randn(1, 3, 32, 32)).shape == (1, 4, WIDE.text.hidden_size)
+    out = ex.export_bundle(model, tmp_path / "b", name="conv", check=False, report=_quiet)
+    _assert_parity(ex.check_bundle(model, out, seed=4, report=_quiet))
+    with pytest.raises(ValueError, match="power-of-two"):
+        SQLLaVA(SQLLaVAConfig(vision=VisionConfig(image_size=28, patch_size=14, hidden_size=16, intermediate_size=32,
+                                                  num_layers=2, num_heads=2, stem="conv"), text=WIDE.text))
+
+
 def test_left_padding_matches_unpadded_row(tiny_bundle):
     """Row 2 of a left-padded batch gives the same logits as that row alone (ORT)."""
     model, out = tiny_bundle
