@@ -46,7 +46,7 @@ KIND = {0: "vision", 1: "align", 2: "instruct"}
 
 @dataclass
 class Schedule:
-    stage0_steps: int = 2300
+    stage0_steps: int = 3000
     stage0_batch: int = 32
     stage0_lr: float = 1e-3
     # stage 0 curriculum (fractions of its steps): one big centred object first (shape is learnt
@@ -56,7 +56,7 @@ class Schedule:
     stage1_steps: int = 150
     stage1_batch: int = 16
     stage1_lr: float = 1e-3
-    stage2_steps: int = 900
+    stage2_steps: int = 600
     stage2_batch: int = 16
     stage2_lr: float = 8e-4
     probe_weight: float = 0.5  # stage 2: the vision probe's loss kept on, so the ViT keeps its features
