@@ -190,13 +190,10 @@ class Data:
             s, p = self.vision_scene(step_rng(self.seed, 0, step, i), step / max(1, total))
             scenes.append(s)
             pix.append(p)
-        return torch.stack(pix), patch_targets(scenes, self.grid)
+        return torch.stack(pix), patch_targets(scenes, self.cfg.vision.grid_size)
 
-    @property
-    def grid(self) -> int:
-        return self.cfg.vision.image_size // self.cfg.vision.patch_size
-
-    def lm_batch(self, stage: int, step: int, bsz: int, sq_r: float) -> Tuple[Batch, PatchTargets]:
+    def lm_batch(self, stage: int, step: int, bsz: int, sq_r: float) -> Tuple[Batch, Optional[PatchTargets]]:
+        """A batch of samples and, where stage 2 keeps the probe's loss on, its vision targets."""
         template = "v1" if stage == 1 or step % 2 == 0 else "v1_sq"
         samples, pix = [], []
         for i in range(bsz):
@@ -204,7 +201,10 @@ class Data:
             s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
             samples.append(make_sample(s, rng, stage, template, sq_r))
             pix.append(p)
-        return collate(samples, pix, self.enc), patch_targets([x.scene for x in samples], self.grid)
+        targets = None
+        if stage == 2 and self.sched.probe_weight:
+            targets = patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
+        return collate(samples, pix, self.enc), targets
 
 
 class StageBatches(torch.utils.data.Dataset):
@@ -238,7 +238,7 @@ def val_vision(cfg: SQLLaVAConfig, n: int = 200) -> Tuple[torch.Tensor, PatchTar
         s = scene_for("val", 10_000 + i)
         scenes.append(s)
         pix.append(preprocess_image(render_augmented(s, random.Random(i)), cfg.vision.image_size))
-    return torch.stack(pix), patch_targets(scenes, cfg.vision.image_size // cfg.vision.patch_size)
+    return torch.stack(pix), patch_targets(scenes, cfg.vision.grid_size)
 
 
 def val_batches(cfg: SQLLaVAConfig, enc: TextEncoder, sq_r: float, n: int = 16) -> List[Batch]:
@@ -380,7 +380,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
                     cand = candidates_for(world, batch.rest_ids[batch.labels], cfg.text.vocab_size,
                                           sched.sampled_negatives, args.seed * 1_000_003 + stage * 100_003 + step)
                 loss = lm_loss(model, batch, vision_grad=stage == 2, candidates=cand,
-                               probe=probe if stage == 2 and sched.probe_weight else None, vision_targets=vt,
+                               probe=probe if vt is not None else None, vision_targets=vt,
                                probe_weight=sched.probe_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -42,8 +42,13 @@ class VisionConfig:
     stem: str = "patch"
 
     @property
+    def grid_size(self) -> int:
+        """Patches (tokens) per side of the square image."""
+        return self.image_size // self.patch_size
+
+    @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self.grid_size ** 2
 
     @property
     def num_used_layers(self) -> int:
