@@ -123,6 +123,7 @@ class Sample:
     first: str
     pieces: List[Piece]
     scene: Scene
+    image: bool = True  # False: the scene reaches the decoder as text (the language stage)
 
 
 def sq_turns(scene: Scene, rng: random.Random, sq_r: float) -> List[Tuple[str, str, str]]:
@@ -135,10 +136,14 @@ def sq_turns(scene: Scene, rng: random.Random, sq_r: float) -> List[Tuple[str, s
     return turns
 
 
-def make_sample(scene: Scene, rng: random.Random, stage: int, template: str, sq_r: float = 0.5) -> Sample:
-    if stage == 1 or template == "v1":
+def make_sample(scene: Scene, rng: random.Random, kind: str, template: str, sq_r: float = 0.5,
+                context: Optional[str] = None) -> Sample:
+    """A training sample. `kind` "align" is captions only; "instruct" mixes captions, questions and
+    (with `v1_sq`) conversations. With `context`, the scene is given as that text where the image
+    would be -- the language stage, where the decoder learns to read a scene and answer about it."""
+    if kind == "align" or template == "v1":
         r = rng.random()
-        if stage == 1:  # alignment: captions only
+        if kind == "align":
             q, a = (BRIEF_PROMPT, brief_caption(scene, rng)) if r < 0.6 else (DETAILED_PROMPT, detailed_caption(scene, rng))
         elif r < 0.3:
             q, a = BRIEF_PROMPT, brief_caption(scene, rng)
@@ -148,11 +153,22 @@ def make_sample(scene: Scene, rng: random.Random, stage: int, template: str, sq_
             qq = sample_question(scene, rng)
             q, a = qq.text, qq.answer
         first, pieces = v1_pieces(q, a)
-        return Sample("v1", first, pieces, scene)
-    turns = sq_turns(scene, rng, sq_r)
-    first, pieces = v1_sq_pieces(turns, loss_on_questions=sq_r > 0)
-    assert full_text(first, pieces) == sq_training_text(turns)
-    return Sample("v1_sq", first, pieces, scene)
+        sample = Sample("v1", first, pieces, scene)
+    else:
+        turns = sq_turns(scene, rng, sq_r)
+        first, pieces = v1_sq_pieces(turns, loss_on_questions=sq_r > 0)
+        assert full_text(first, pieces) == sq_training_text(turns)
+        sample = Sample("v1_sq", first, pieces, scene)
+    if context is not None:
+        text, target = sample.pieces[0]
+        sample.pieces[0] = (context + text, target)
+        sample.image = False
+    return sample
+
+
+def scene_text(scene: Scene, rng: random.Random) -> str:
+    """The scene written out (the detailed description) for the language stage."""
+    return detailed_caption(scene, rng)
 
 
 # ----------------------------------------------------------------------------- images
@@ -213,7 +229,7 @@ def scene_and_image(rng: random.Random, size: int, sharp: Optional[SharpPool], p
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor  # [B,3,S,S]
+    pixels: Optional[torch.Tensor]  # [B,3,S,S]; None when the scenes are given as text
     prefix_ids: torch.Tensor  # [Tp]  (same first chunk for the whole batch)
     rest_ids: torch.Tensor  # [B,T] right-padded
     rest_mask: torch.Tensor  # [B,T] 1 real / 0 pad
@@ -236,5 +252,5 @@ def collate(samples: List[Sample], pixels: List[torch.Tensor], enc: TextEncoder)
         ids[i, :len(r)] = torch.tensor(r)
         mask[i, :len(r)] = 1
         labels[i, :len(r)] = torch.tensor(lab)
-    return Batch(torch.stack(pixels), torch.tensor(prefix), ids, mask, labels, samples[0].template,
+    return Batch(torch.stack(pixels) if pixels else None, torch.tensor(prefix), ids, mask, labels, samples[0].template,
                  [s.scene for s in samples])

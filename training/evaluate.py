@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from training.bundle import fp16_rounded, load_any
-from training.data import preprocess_image
+from training.data import preprocess_image, scene_text
 from training.sqllava.conversation import SYSTEM_V1, SYSTEM_V1_SQ
 from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
@@ -146,18 +146,29 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
 # ----------------------------------------------------------------------------- prompts
 
 class Prompter:
-    def __init__(self, model: SQLLaVA, tok: LlamaTokenizer):
-        self.model, self.tok = model, tok
+    """Builds prompts for scenes given as image features (`feats`, the encoded images) or, for
+    the decoder alone, as text (`contexts`, tokenised with the question as the language stage does)."""
+
+    def __init__(self, model: SQLLaVA, tok: LlamaTokenizer, feats: Optional[torch.Tensor] = None,
+                 contexts: Optional[List[str]] = None):
+        self.model, self.tok, self.feats, self.contexts = model, tok, feats, contexts
 
     def rest_ids(self, text: str) -> List[int]:
         return self.tok.encode(text, add_bos=True)[1:]
 
-    def rows(self, system: str, images: torch.Tensor, questions: Sequence[str]) -> List[torch.Tensor]:
-        """`{system} USER: <image>\\n{Q} ASSISTANT:` as embeddings, one row per question."""
+    def rows(self, system: str, scenes: Sequence[int], questions: Sequence[str]) -> List[torch.Tensor]:
+        """`{system} USER: <image>\\n{Q} ASSISTANT:` as embeddings, one row per (scene, question)."""
         first = torch.tensor(self.tok.encode(system + " USER: ", add_bos=True))
         fe = self.model.embed(first[None])[0]
-        return [torch.cat([fe, images[i], self.model.embed(torch.tensor(self.rest_ids("\n" + q + " ASSISTANT:"))[None])[0]])
-                for i, q in enumerate(questions)]
+        rows = []
+        for i, q in zip(scenes, questions):
+            if self.contexts is not None:
+                rest = self.model.embed(torch.tensor(self.rest_ids(self.contexts[i] + "\n" + q + " ASSISTANT:"))[None])[0]
+                rows.append(torch.cat([fe, rest]))
+            else:
+                rest = self.model.embed(torch.tensor(self.rest_ids("\n" + q + " ASSISTANT:"))[None])[0]
+                rows.append(torch.cat([fe, self.feats[i], rest]))
+        return rows
 
     def text(self, ids: List[int]) -> str:
         return self.tok.decode([i for i in ids if i != EOS]).strip()
@@ -170,20 +181,24 @@ def chunks(n: int, size: int):
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], images: torch.Tensor, *,
-                   n_sq: int = 5, batch: int = 48, seed: int = 0, log=print, examples: int = 0, sq: bool = True) -> Dict:
+def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], images: Optional[torch.Tensor], *,
+                   n_sq: int = 5, batch: int = 48, seed: int = 0, log=print, examples: int = 0, sq: bool = True,
+                   contexts: Optional[List[str]] = None) -> Dict:
+    """The numbers of the module docstring. With `contexts` (and `images` None) each scene reaches
+    the decoder as that text instead of an image."""
     torch.manual_seed(seed)
-    p = Prompter(model, tok)
     n = len(scenes)
     res: Dict = {}
     t0 = time.time()
     with torch.no_grad():
-        feats = torch.cat([model.encode_images(images[r.start:r.stop]) for r in chunks(n, 64)])
+        feats = None if contexts is not None else \
+            torch.cat([model.encode_images(images[r.start:r.stop]) for r in chunks(n, 64)])
+        p = Prompter(model, tok, feats, contexts)
 
         # 1. brief captions
         caps = []
         for r in chunks(n, batch):
-            s = Session(model, p.rows(SYSTEM_V1, feats[r.start:r.stop], [BRIEF_PROMPT] * len(r)))
+            s = Session(model, p.rows(SYSTEM_V1, r, [BRIEF_PROMPT] * len(r)))
             caps += [p.text(x) for x in s.generate(64)]
         cap_ok = [caption_correct(sc, c) for sc, c in zip(scenes, caps)]
         res["caption"] = 100.0 * sum(cap_ok) / n
@@ -202,7 +217,7 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
         answers = []
         for r in chunks(len(qs), batch):
             part = [qs[j] for j in r]
-            s = Session(model, p.rows(SYSTEM_V1, torch.stack([feats[i] for i, _ in part]), [q.text for _, q in part]))
+            s = Session(model, p.rows(SYSTEM_V1, [i for i, _ in part], [q.text for _, q in part]))
             outs = s.generate(48)
             for (i, q), o in zip(part, outs):
                 a = p.text(o)
@@ -226,7 +241,7 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
         vuser = p.rest_ids("VUSER:")
         assistant = p.rest_ids(" ASSISTANT:")
         for r in chunks(n, max(1, batch // n_sq)):
-            s = Session(model, p.rows(SYSTEM_V1_SQ, feats[r.start:r.stop], [DETAILED_PROMPT] * len(r)))
+            s = Session(model, p.rows(SYSTEM_V1_SQ, r, [DETAILED_PROMPT] * len(r)))
             desc = s.generate(96)
             # generated tokens (their EOS included) are already in the cache
             s.append([([] if d and d[-1] == EOS else [EOS]) + vuser for d in desc])
@@ -346,6 +361,8 @@ def main(argv=None) -> int:
     ap.add_argument("--examples", type=int, default=0)
     ap.add_argument("--no-sq", action="store_true", help="captions and answers only (faster)")
     ap.add_argument("--no-ablations", action="store_true", help="evaluate --model only")
+    ap.add_argument("--text", action="store_true",
+                    help="give each scene as text instead of an image: the decoder alone, as the language stage trains it")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.no_ablations:
@@ -370,8 +387,9 @@ def main(argv=None) -> int:
             print(f"[eval] {args.scenes} test scenes (seeds from the test range, never trained on; "
                   f"renderer {args.renderer}{', augmented' if not args.clean else ''})", flush=True)
         print(f"[eval] {name}", flush=True)
-        r = evaluate_model(model, tok, scenes, images, seed=args.seed, examples=args.examples, sq=not args.no_sq,
-                           log=lambda m: print(m, flush=True))
+        contexts = [scene_text(sc, random.Random(i)) for i, sc in enumerate(scenes)] if args.text else None
+        r = evaluate_model(model, tok, scenes, None if args.text else images, seed=args.seed, examples=args.examples,
+                           sq=not args.no_sq, log=lambda m: print(m, flush=True), contexts=contexts)
         rows.append((name, r))
     print()
     print(table(rows))

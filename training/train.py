@@ -4,14 +4,18 @@
     /usr/bin/python3 -m training.train --variant no_sq       # ablation: no self-questioning
     /usr/bin/python3 -m training.train --variant no_proto    # ablation: no prototype extractor
 
-Stages (training/README.md explains what is frozen and why):
-  0  vision pretraining -- stands in for CLIP, which does not exist at this scale: the ViT and a
-     throw-away per-patch probe (training/probe.py) learn each patch's object and its outline, on a
-     curriculum from one big centred object to the full world.
-  1  alignment -- captions (v1), prototype extractor + projector + LLaMA decoder trained, ViT frozen.
-  2  instruction tuning -- v1_sq conversations (later human turns -> VUSER with p=0.5, loss on
-     VUSER questions and answers) mixed with single-turn v1 samples; everything trained, the
-     probe's loss kept on so the ViT keeps what stage 0 taught it.
+Stages, in order (training/README.md explains what is frozen and why):
+  vision    stands in for CLIP, which does not exist at this scale: the ViT and a throw-away
+            per-patch probe (training/probe.py) learn each patch's object and its outline, on a
+            curriculum from one big centred object to the full world.
+  language  stands in for Vicuna: the LLaMA decoder alone learns the world's language from scenes
+            written out as text where the image will be -- read a scene, describe it, answer
+            and ask about it (the same v1 / v1_sq samples as instruct).
+  align     the paper's stage 1 -- captions (v1); prototype extractor + projector trained, decoder
+            and ViT frozen.
+  instruct  the paper's stage 2 -- v1_sq conversations (later human turns -> VUSER with p=0.5,
+            loss on VUSER questions and answers) mixed with single-turn v1 samples; everything
+            trained, the probe's loss kept on so the ViT keeps what the vision stage taught it.
 
 Resumable: progress is checkpointed to runs/<name>/ckpt.pt every few minutes; rerunning the same
 command continues from it. Every batch is a pure function of (seed, stage, step).
@@ -32,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
+from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image, scene_text,
                            scene_and_image, step_rng)
 from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
 from training.sqllava.configs import PRESETS, config_to_dict
@@ -41,41 +45,50 @@ from training.world.render import render_augmented
 from training.world.scene import BIG_SIDE, sample_scene, scene_for
 
 TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
-KIND = {0: "vision", 1: "align", 2: "instruct"}
+STAGES = ("vision", "language", "align", "instruct")
 
 
 @dataclass
 class Schedule:
-    stage0_steps: int = 3000
-    stage0_batch: int = 32
-    stage0_lr: float = 1e-3
-    # stage 0 curriculum (fractions of its steps): one big centred object first (shape is learnt
+    vision_steps: int = 3000
+    vision_batch: int = 32
+    vision_lr: float = 1e-3
+    # the vision curriculum (fractions of its steps): one big centred object first (shape is learnt
     # there or nowhere), then one or two objects anywhere, then more and more of the full world
-    stage0_centred: float = 0.2
-    stage0_simple: float = 0.45
-    stage1_steps: int = 150
-    stage1_batch: int = 16
-    stage1_lr: float = 1e-3
-    stage2_steps: int = 600
-    stage2_batch: int = 16
-    stage2_lr: float = 8e-4
-    probe_weight: float = 0.5  # stage 2: the vision probe's loss kept on, so the ViT keeps its features
-    vision_lr_scale: float = 0.3  # stage 2: the ViT moves slower than the rest
+    vision_centred: float = 0.2
+    vision_simple: float = 0.45
+    language_steps: int = 1200
+    language_batch: int = 16
+    language_lr: float = 1e-3
+    align_steps: int = 200
+    align_batch: int = 16
+    align_lr: float = 1e-3
+    instruct_steps: int = 800
+    instruct_batch: int = 16
+    instruct_lr: float = 8e-4
+    probe_weight: float = 0.5  # instruct: the vision probe's loss kept on, so the ViT keeps its features
+    vision_lr_scale: float = 0.3  # instruct: the ViT moves slower than the rest
     warmup: int = 50
     weight_decay: float = 0.01
     clip: float = 1.0
     sq_r: float = 0.5
     p_sharp: float = 0.15
     sampled_negatives: int = 3000  # sampled softmax: random vocabulary rows per step besides the world's words
-    full_softmax_tail: float = 0.15  # the last part of stage 2 uses the exact 32,000-way softmax
+    full_softmax_tail: float = 0.15  # the last part of instruct uses the exact 32,000-way softmax
+
+    def steps(self, stage: str) -> int:
+        return getattr(self, f"{stage}_steps")
+
+    def batch(self, stage: str) -> int:
+        return getattr(self, f"{stage}_batch")
 
 
 SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
-    # the ablations' schedule when time is short (stage 0 shared with the main run)
-    "short": Schedule(stage2_steps=300),
-    "smoke": Schedule(stage0_steps=6, stage0_batch=8, stage1_steps=4, stage1_batch=4, stage2_steps=6,
-                      stage2_batch=4, warmup=2, p_sharp=0.5),
+    # the ablations' schedule when time is short (earlier stages shared with the main run)
+    "short": Schedule(instruct_steps=300),
+    "smoke": Schedule(vision_steps=6, vision_batch=8, language_steps=4, language_batch=4, align_steps=4,
+                      align_batch=4, instruct_steps=6, instruct_batch=4, warmup=2, p_sharp=0.5),
 }
 
 
@@ -103,7 +116,8 @@ def build_model(preset: str, variant: str) -> SQLLaVA:
 def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: Optional[torch.Tensor] = None,
             probe: Optional[PatchProbe] = None, vision_targets: Optional[PatchTargets] = None, probe_weight: float = 0.0
             ) -> torch.Tensor:
-    """Next-token loss on the batch's target tokens.
+    """Next-token loss on the batch's target tokens (after the image's tokens, or after nothing
+    but the shared first chunk when the batch's scenes are text).
 
     `candidates` (sorted token ids, holding every target) restricts the softmax to those rows of
     lm_head -- a sampled softmax (the world's words plus random negatives) that cuts the
@@ -117,16 +131,27 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
     _, past = model.decode(pre, torch.ones(1, tp, dtype=torch.long), torch.arange(tp)[None],
                            logits_for=torch.zeros(1, tp, dtype=torch.bool))
     past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past]
-    with torch.set_grad_enabled(vision_grad and torch.is_grad_enabled()):
-        feats = model.model.vision_tower(batch.pixels)
-    img = model.model.mm_projector(feats)
-    aux = probe_weight * probe_loss(probe(feats), vision_targets) if probe is not None else 0.0
+    aux = 0.0
+    if batch.pixels is None:
+        img = pre.new_zeros(b, 0, pre.shape[-1])
+    else:
+        with torch.set_grad_enabled(vision_grad and torch.is_grad_enabled()):
+            feats = model.model.vision_tower(batch.pixels)
+        img = model.model.mm_projector(feats)
+        if probe is not None:
+            aux = probe_weight * probe_loss(probe(feats), vision_targets)
     n = img.shape[1]
     emb = torch.cat([img, model.embed(batch.rest_ids)], dim=1)
     am = torch.cat([torch.ones(b, tp + n, dtype=torch.long), batch.rest_mask], dim=1)
     pos = (tp + torch.arange(n + t))[None].expand(b, -1)
+    # the hidden state at position i predicts token i + 1: the last image token predicts the first
+    # rest token; with no image, the first rest token (never a target) is predicted in the prefix
     lf = torch.zeros(b, n + t, dtype=torch.bool)
-    lf[:, n - 1:n - 1 + t] = batch.labels
+    if n:
+        lf[:, n - 1:n - 1 + t] = batch.labels
+    else:
+        assert not batch.labels[:, 0].any()
+        lf[:, :t - 1] = batch.labels[:, 1:]
     targets = batch.rest_ids[batch.labels]
     if candidates is None:
         logits, _ = model.decode(emb, am, pos, past, logits_for=lf)
@@ -147,8 +172,8 @@ def world_vocabulary(enc: TextEncoder, n_scenes: int = 400) -> torch.Tensor:
     for i in range(n_scenes):
         scene = scene_for("train", 90_000_000 + i)
         rng = random.Random(i)
-        for stage, template in ((1, "v1"), (2, "v1"), (2, "v1_sq"), (2, "v1_sq")):
-            s = make_sample(scene, rng, stage, template, 0.5)
+        for kind, template in (("align", "v1"), ("instruct", "v1"), ("instruct", "v1_sq"), ("instruct", "v1_sq")):
+            s = make_sample(scene, rng, kind, template, 0.5, context=scene_text(scene, rng))
             ids.update(enc.first_chunk(s.first))
             ids.update(enc.rest(s.pieces)[0])
     return torch.tensor(sorted(ids))
@@ -169,16 +194,16 @@ class Data:
         self.cfg, self.enc, self.seed, self.sched, self.sharp = cfg, enc, seed, sched, sharp
 
     def vision_scene(self, rng: random.Random, progress: float):
-        """Stage 0's curriculum: `progress` in [0, 1) is the share of the stage done."""
+        """The vision stage's curriculum: `progress` in [0, 1) is the share of the stage done."""
         size = self.cfg.vision.image_size
-        if progress < self.sched.stage0_centred:
+        if progress < self.sched.vision_centred:
             s = sample_scene(rng, n_objects=1, aspect=1.0, seed=-1)
             o = s.objects[0]
             o.size, o.side, o.cell = "big", rng.uniform(*BIG_SIDE), 4
             return s, preprocess_image(render_augmented(s, rng, strength=0.3), size)
         # after the simple phase, the full world's share grows from 30% to 90%
-        p_full = 0.0 if progress < self.sched.stage0_simple else \
-            0.3 + 0.6 * (progress - self.sched.stage0_simple) / (1 - self.sched.stage0_simple)
+        p_full = 0.0 if progress < self.sched.vision_simple else \
+            0.3 + 0.6 * (progress - self.sched.vision_simple) / (1 - self.sched.vision_simple)
         if rng.random() >= p_full:
             s = sample_scene(rng, n_objects=1 if rng.random() < 0.6 else 2, seed=-1)
             return s, preprocess_image(render_augmented(s, rng, strength=0.6), size)
@@ -192,17 +217,22 @@ class Data:
             pix.append(p)
         return torch.stack(pix), patch_targets(scenes, self.cfg.vision.grid_size)
 
-    def lm_batch(self, stage: int, step: int, bsz: int, sq_r: float) -> Tuple[Batch, Optional[PatchTargets]]:
-        """A batch of samples and, where stage 2 keeps the probe's loss on, its vision targets."""
-        template = "v1" if stage == 1 or step % 2 == 0 else "v1_sq"
+    def lm_batch(self, stage: str, step: int, bsz: int, sq_r: float) -> Tuple[Batch, Optional[PatchTargets]]:
+        """A batch of samples and, where instruct keeps the probe's loss on, its vision targets.
+        The language stage's scenes are text and are not rendered."""
+        template = "v1" if stage == "align" or step % 2 == 0 else "v1_sq"
         samples, pix = [], []
         for i in range(bsz):
-            rng = step_rng(self.seed, stage, step, i)
+            rng = step_rng(self.seed, STAGES.index(stage), step, i)
+            if stage == "language":
+                s = scene_for("train", rng.randrange(40_000_000))
+                samples.append(make_sample(s, rng, "instruct", template, sq_r, context=scene_text(s, rng)))
+                continue
             s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
             samples.append(make_sample(s, rng, stage, template, sq_r))
             pix.append(p)
         targets = None
-        if stage == 2 and self.sched.probe_weight:
+        if stage == "instruct" and self.sched.probe_weight:
             targets = patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
         return collate(samples, pix, self.enc), targets
 
@@ -210,19 +240,19 @@ class Data:
 class StageBatches(torch.utils.data.Dataset):
     """Step -> batch of one stage, for a DataLoader whose workers render while the model trains."""
 
-    def __init__(self, data: Data, stage: int, total: int, bsz: int, sq_r: float):
+    def __init__(self, data: Data, stage: str, total: int, bsz: int, sq_r: float):
         self.data, self.stage, self.total, self.bsz, self.sq_r = data, stage, total, bsz, sq_r
 
     def __len__(self):
         return self.total
 
     def __getitem__(self, step: int):
-        if KIND[self.stage] == "vision":
+        if self.stage == "vision":
             return self.data.vision_batch(step, self.bsz, self.total)
         return self.data.lm_batch(self.stage, step, self.bsz, self.sq_r)
 
 
-def batches(data: Data, stage: int, start: int, total: int, bsz: int, sq_r: float, workers: int):
+def batches(data: Data, stage: str, start: int, total: int, bsz: int, sq_r: float, workers: int):
     ds = StageBatches(data, stage, total, bsz, sq_r)
     if workers == 0:
         return (ds[i] for i in range(start, total))
@@ -241,15 +271,19 @@ def val_vision(cfg: SQLLaVAConfig, n: int = 200) -> Tuple[torch.Tensor, PatchTar
     return torch.stack(pix), patch_targets(scenes, cfg.vision.grid_size)
 
 
-def val_batches(cfg: SQLLaVAConfig, enc: TextEncoder, sq_r: float, n: int = 16) -> List[Batch]:
+def val_batches(cfg: SQLLaVAConfig, enc: TextEncoder, sq_r: float, n: int = 16, text: bool = False) -> List[Batch]:
+    """Fixed validation samples, v1 then v1_sq: rendered scenes, or (`text`) scenes written out."""
     out = []
     for template in ("v1", "v1_sq"):
         samples, pix = [], []
         for i in range(n):
             scene = scene_for("val", i)
             rng = random.Random(i)
+            if text:
+                samples.append(make_sample(scene, rng, "instruct", template, sq_r, context=scene_text(scene, rng)))
+                continue
             pix.append(preprocess_image(render_augmented(scene, rng, strength=0.0), cfg.vision.image_size))
-            samples.append(make_sample(scene, rng, 2, template, sq_r))
+            samples.append(make_sample(scene, rng, "instruct", template, sq_r))
         out.append(collate(samples, pix, enc))
     return out
 
@@ -263,17 +297,24 @@ def cosine(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: int, sched: Schedule):
-    v = list(model.model.vision_tower.parameters())
-    rest = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
-    if KIND[stage] == "vision":
-        groups = [{"params": v + list(probe.parameters()), "lr": sched.stage0_lr}]
-    elif stage == 1:
-        groups = [{"params": rest, "lr": sched.stage1_lr}]
-    else:
-        lr = sched.stage2_lr
-        groups = [{"params": rest, "lr": lr},
-                  {"params": v + list(probe.parameters()), "lr": lr * sched.vision_lr_scale}]
+def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str) -> Dict[str, List[nn.Parameter]]:
+    """What each stage trains: {"main": [...], "vision": [...]}; everything else is frozen."""
+    vision = list(model.model.vision_tower.parameters()) + list(probe.parameters())
+    projector = list(model.model.mm_projector.parameters())
+    decoder = [p for n, p in model.named_parameters()
+               if not n.startswith(("model.vision_tower.", "model.mm_projector."))]
+    return {"vision": {"main": vision},
+            "language": {"main": decoder},
+            "align": {"main": projector},
+            "instruct": {"main": projector + decoder, "vision": vision}}[stage]
+
+
+def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedule):
+    lr = getattr(sched, f"{stage}_lr")
+    parts = trained_parameters(model, probe, stage)
+    groups = [{"params": parts["main"], "lr": lr}]
+    if "vision" in parts:
+        groups.append({"params": parts["vision"], "lr": lr * sched.vision_lr_scale})
     for g in groups:
         g["base_lr"] = g["lr"]
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=sched.weight_decay)
@@ -304,7 +345,9 @@ def train(args, tokenizer=None) -> SQLLaVA:
           f"out {args.out}", flush=True)
     sharp = SharpPool(os.path.join(args.cache, "sharp"), args.sharp_pool) if sched.p_sharp > 0 else None
     data = Data(cfg, enc, args.seed, sched, sharp)
-    vals = val_batches(cfg, enc, sched.sq_r, n=8 if args.schedule == "smoke" else 24)
+    n_val = 8 if args.schedule == "smoke" else 24
+    vals = val_batches(cfg, enc, sched.sq_r, n=n_val)
+    text_vals = val_batches(cfg, enc, sched.sq_r, n=n_val, text=True)
     val_pix, val_targets = val_vision(cfg, 16 if args.schedule == "smoke" else 200)
     world = world_vocabulary(enc, 20 if args.schedule == "smoke" else 400)
     print(f"[train] world vocabulary: {len(world)} token ids", flush=True)
@@ -320,21 +363,17 @@ def train(args, tokenizer=None) -> SQLLaVA:
         print(f"[train] resumed from {ckpt_path}: stage {stage} step {step} ({elapsed / 60:.1f} min so far)", flush=True)
     elif args.init_from:
         ck = torch.load(args.init_from)
-        model.load_state_dict(ck["model"])
-        if "probe" in ck:
-            probe.load_state_dict(ck["probe"])
         stage = ck["next_stage"]
-        print(f"[train] stages before {stage} shared from {args.init_from}", flush=True)
-    elif args.init_vision_from:
-        ck = torch.load(args.init_vision_from)
-        vt = {k[len("model.vision_tower."):]: v for k, v in ck["model"].items() if k.startswith("model.vision_tower.")}
-        model.model.vision_tower.load_state_dict(vt)
+        # a stage before align leaves the projector untrained, so a variant with another
+        # projector (no_proto) can share it
+        own = {k: v for k, v in ck["model"].items()
+               if stage > STAGES.index("align") or not k.startswith("model.mm_projector.")}
+        missing, unexpected = model.load_state_dict(own, strict=stage > STAGES.index("align"))
+        assert not unexpected and all(k.startswith("model.mm_projector.") for k in missing), (missing, unexpected)
         if "probe" in ck:
             probe.load_state_dict(ck["probe"])
-        stage = 1
-        print(f"[train] stage 0 (vision pretraining) shared from {args.init_vision_from}", flush=True)
+        print(f"[train] stages before {STAGES[stage]} shared from {args.init_from}", flush=True)
 
-    steps = {0: sched.stage0_steps, 1: sched.stage1_steps, 2: sched.stage2_steps}
 
     def probe_accuracy() -> str:
         model.eval()
@@ -344,25 +383,24 @@ def train(args, tokenizer=None) -> SQLLaVA:
         return f"probe on validation scenes: shape {shape * 100:.1f}% colour {colour * 100:.1f}%"
 
     last_ckpt = time.time()
-    while stage <= 2:
-        total = steps[stage]
+    while stage < len(STAGES):
+        name = STAGES[stage]
+        total = sched.steps(name)
         if total == 0:
             stage += 1
             continue
-        opt = make_optimizer(model, probe, stage, sched)
+        opt = make_optimizer(model, probe, name, sched)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
             opt_state = None
-        for p in model.parameters():
-            p.requires_grad_(KIND[stage] != "vision")
-        for p in model.model.vision_tower.parameters():
-            p.requires_grad_(stage != 1)  # stage 1 aligns with the ViT frozen, as the paper
+        trained = {id(p) for group in trained_parameters(model, probe, name).values() for p in group}
+        for p in list(model.parameters()) + list(probe.parameters()):
+            p.requires_grad_(id(p) in trained)
         model.train()
         ema = None
         t0 = time.time()
         t_data = 0.0
-        bsz = {0: sched.stage0_batch, 1: sched.stage1_batch, 2: sched.stage2_batch}[stage]
-        feed = batches(data, stage, step, total, bsz, sched.sq_r, args.workers)
+        feed = batches(data, name, step, total, sched.batch(name), sched.sq_r, args.workers)
         while step < total:
             lr_f = cosine(step, total, sched.warmup)
             for g in opt.param_groups:
@@ -370,16 +408,16 @@ def train(args, tokenizer=None) -> SQLLaVA:
             ts = time.time()
             item = next(feed)
             t_data += time.time() - ts
-            if KIND[stage] == "vision":
+            if name == "vision":
                 pix, vt = item
                 loss = probe_loss(probe(model.model.vision_tower(pix)), vt)
             else:
                 batch, vt = item
                 cand = None
-                if sched.sampled_negatives and not (stage == 2 and step >= total * (1 - sched.full_softmax_tail)):
+                if sched.sampled_negatives and not (name == "instruct" and step >= total * (1 - sched.full_softmax_tail)):
                     cand = candidates_for(world, batch.rest_ids[batch.labels], cfg.text.vocab_size,
                                           sched.sampled_negatives, args.seed * 1_000_003 + stage * 100_003 + step)
-                loss = lm_loss(model, batch, vision_grad=stage == 2, candidates=cand,
+                loss = lm_loss(model, batch, vision_grad=name == "instruct", candidates=cand,
                                probe=probe if vt is not None else None, vision_targets=vt,
                                probe_weight=sched.probe_weight)
             opt.zero_grad(set_to_none=True)
@@ -393,21 +431,21 @@ def train(args, tokenizer=None) -> SQLLaVA:
             now = time.time()
             if step % args.log_every == 0 or step == total:
                 dt = (now - t0) / max(1, step - (history[-1]["step"] if history and history[-1]["stage"] == stage else 0))
-                print(f"[stage {stage}] step {step}/{total} loss {lv:.4f} (ema {ema:.4f}) lr {opt.param_groups[0]['lr']:.2e} "
+                print(f"[{name}] step {step}/{total} loss {lv:.4f} (ema {ema:.4f}) lr {opt.param_groups[0]['lr']:.2e} "
                       f"{dt:.2f}s/step (waiting for data {t_data / max(1e-9, now - t0) * 100:.0f}%) "
                       f"elapsed {(elapsed + now - t0) / 60:.1f} min", flush=True)
                 history.append({"stage": stage, "step": step, "loss": ema})
                 elapsed += now - t0
                 t0, t_data = now, 0.0
             if step % args.val_every == 0 or step == total:
-                if KIND[stage] != "vision":
+                if name != "vision":
                     model.eval()
                     with torch.no_grad():
-                        vl = [lm_loss(model, vb).item() for vb in vals]
+                        vl = [lm_loss(model, vb).item() for vb in (text_vals if name == "language" else vals)]
                     model.train()
-                    print(f"[stage {stage}] val loss v1 {vl[0]:.4f} v1_sq {vl[1]:.4f}", flush=True)
-                if stage != 1:
-                    print(f"[stage {stage}] {probe_accuracy()}", flush=True)
+                    print(f"[{name}] val loss v1 {vl[0]:.4f} v1_sq {vl[1]:.4f}", flush=True)
+                if name in ("vision", "instruct"):
+                    print(f"[{name}] {probe_accuracy()}", flush=True)
             if time.time() - last_ckpt > args.ckpt_seconds or step == total:
                 elapsed += time.time() - t0
                 t0 = time.time()
@@ -415,8 +453,9 @@ def train(args, tokenizer=None) -> SQLLaVA:
                                       "step": step, "elapsed": elapsed, "opt": opt.state_dict(),
                                       "history": history, "config": config_to_dict(cfg), "variant": args.variant})
                 last_ckpt = time.time()
-        save_ckpt(os.path.join(args.out, f"stage{stage}.pt"),
-                  {"model": model.state_dict(), "probe": probe.state_dict(), "next_stage": stage + 1})
+        save_ckpt(os.path.join(args.out, f"{name}.pt"),
+                  {"model": model.state_dict(), "probe": probe.state_dict(), "next_stage": stage + 1,
+                   "config": config_to_dict(cfg)})
         stage, step = stage + 1, 0
         save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), "stage": stage, "step": 0,
                               "elapsed": elapsed, "opt": None, "history": history, "config": config_to_dict(cfg),
@@ -439,10 +478,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="run folder (default runs/micro-<variant>)")
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--sharp-pool", type=int, default=3000)
-    ap.add_argument("--init-vision-from", default=None,
-                    help="share stage 0 (vision pretraining) from another run's stage0.pt")
     ap.add_argument("--init-from", default=None,
-                    help="start after the stage saved in another run's stage<N>.pt (same architecture)")
+                    help="start after the stage saved in another run's <stage>.pt (vision.pt, language.pt, align.pt)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="processes rendering batches ahead of training (0: inline)")

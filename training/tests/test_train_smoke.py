@@ -50,7 +50,7 @@ def test_few_steps_decrease_loss(tok):
     model = build_model("tiny", "full")
     enc = TextEncoder(tok)
     data = Data(model.cfg, enc, seed=0, sched=Schedule(p_sharp=0.0), sharp=None)
-    batches = [data.lm_batch(2, 0, 4, 0.5)[0], data.lm_batch(2, 1, 4, 0.5)[0]]
+    batches = [data.lm_batch("instruct", 0, 4, 0.5)[0], data.lm_batch("instruct", 1, 4, 0.5)[0]]
     assert {b.template for b in batches} == {"v1", "v1_sq"}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     first = [lm_loss(model, b).item() for b in batches]
@@ -113,7 +113,7 @@ def test_batched_generation_matches_step_by_step():
 
 
 def test_training_command_runs_every_stage_and_resumes(tmp_path, capsys):
-    """The whole `python -m training.train` loop on the tiny preset: the three stages with batches
+    """The whole `python -m training.train` loop on the tiny preset: the four stages with batches
     rendered in a worker process, then a rerun that finds the finished run and does not retrain."""
     from training.train import main
     out = tmp_path / "run"
@@ -121,11 +121,78 @@ def test_training_command_runs_every_stage_and_resumes(tmp_path, capsys):
             "--sharp-pool", "8", "--threads", "1", "--workers", "1", "--log-every", "2", "--val-every", "3"]
     main(args)
     log = capsys.readouterr().out
-    for stage in (0, 1, 2):
-        assert f"[stage {stage}] step" in log
-        assert (out / f"stage{stage}.pt").exists()
+    for stage in ("vision", "language", "align", "instruct"):
+        assert f"[{stage}] step" in log
+        assert (out / f"{stage}.pt").exists()
     assert "probe on validation scenes: shape" in log
-    assert "[stage 2] val loss v1" in log
+    assert "[language] val loss v1" in log and "[instruct] val loss v1" in log
     assert (out / "final.pt").exists()
     main(args)
     assert "exists; skipping training" in capsys.readouterr().out
+
+
+def _manual_loss(model, batch, row_embeddings):
+    """Cross-entropy of each labelled token, from one plain forward pass per unpadded row."""
+    losses = []
+    for i, emb in enumerate(row_embeddings):
+        t = emb.shape[0]
+        logits, _ = model.decode(emb[None], torch.ones(1, t, dtype=torch.long), torch.arange(t)[None])
+        n_rest = int(batch.rest_mask[i].sum())
+        rest = batch.rest_ids[i, :n_rest]
+        lab = batch.labels[i, :n_rest]
+        start = t - n_rest  # first rest token's position in the row
+        for j in torch.nonzero(lab)[:, 0].tolist():
+            losses.append(torch.nn.functional.cross_entropy(logits[0, start + j - 1][None], rest[j][None]))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("stage", ["language", "instruct"])
+def test_lm_loss_equals_plain_forward(tok, stage):
+    """The batched loss (shared prefix KV, padding, image or text scenes) is the plain next-token
+    loss of each sequence: no target is shifted by one."""
+    torch.manual_seed(0)
+    model = build_model("tiny", "full").eval()
+    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0), sharp=None)
+    batch, _ = data.lm_batch(stage, 1, 3, 0.5)
+    pre = model.embed(batch.prefix_ids[None])[0]
+    rows = []
+    for i in range(batch.rest_ids.shape[0]):
+        rest = model.embed(batch.rest_ids[i, :int(batch.rest_mask[i].sum())][None])[0]
+        img = [] if batch.pixels is None else [model.model.mm_projector(model.model.vision_tower(batch.pixels[i:i + 1]))[0]]
+        rows.append(torch.cat([pre, *img, rest]))
+    with torch.no_grad():
+        assert lm_loss(model, batch).item() == pytest.approx(_manual_loss(model, batch, rows).item(), rel=1e-4)
+
+
+def test_language_stage_gives_the_scene_as_text(tok):
+    """The language stage's samples carry no image: the scene is written out before the question,
+    and it is context, never a loss target."""
+    model = build_model("tiny", "full")
+    enc = TextEncoder(tok)
+    data = Data(model.cfg, enc, seed=0, sched=Schedule(p_sharp=0.0), sharp=None)
+    batch, targets = data.lm_batch("language", 0, 4, 0.5)
+    assert batch.pixels is None and targets is None
+    for i, scene in enumerate(batch.scenes):
+        ids = batch.rest_ids[i, :int(batch.rest_mask[i].sum())].tolist()
+        text = tok.decode(ids)
+        context = text.split("\n")[0]
+        for o in scene.objects:
+            assert f"{o.colour} {o.shape}" in context
+        targets_text = tok.decode([t for t, l in zip(ids, batch.labels[i].tolist()) if l])
+        assert context not in targets_text
+
+
+def test_evaluation_reads_text_scenes_as_the_language_stage_trains(tok):
+    """`evaluate --text` builds the same token sequence the language stage trains on."""
+    from training.data import scene_text
+    from training.evaluate import Prompter
+    from training.sqllava.conversation import SYSTEM_V1
+    model = build_model("tiny", "full")
+    enc = TextEncoder(tok)
+    scene = scene_for("test", 3)
+    context = scene_text(scene, random.Random(0))
+    q = "How many shapes are there?"
+    row = Prompter(model, tok, contexts=[context]).rows(SYSTEM_V1, [0], [q])[0]
+    ids, _ = enc.rest([(context + "\n" + q + " ASSISTANT:", False)])
+    want = model.embed(torch.tensor(enc.first_chunk(SYSTEM_V1 + " USER: ") + ids)[None])[0]
+    assert torch.equal(row, want)
