@@ -129,6 +129,13 @@ def test_training_command_runs_every_stage_and_resumes(tmp_path, capsys):
     assert (out / "final.pt").exists()
     main(args)
     assert "exists; skipping training" in capsys.readouterr().out
+    # an ablation shares the stages before align, whatever its projector (no_proto: a plain MLP)
+    abl = tmp_path / "no_proto"
+    main(["--variant", "no_proto", "--init-from", str(out / "language.pt"), "--out", str(abl)]
+         + args[:4] + args[6:])
+    log = capsys.readouterr().out
+    assert "stages before align shared from" in log and "[language] step" not in log
+    assert (abl / "final.pt").exists()
 
 
 def _manual_loss(model, batch, row_embeddings):
