@@ -138,12 +138,15 @@ def sq_turns(scene: Scene, rng: random.Random, sq_r: float) -> List[Tuple[str, s
 
 def make_sample(scene: Scene, rng: random.Random, kind: str, template: str, sq_r: float = 0.5,
                 context: Optional[str] = None) -> Sample:
-    """A training sample. `kind` "align" is captions only; "instruct" mixes captions, questions and
-    (with `v1_sq`) conversations. With `context`, the scene is given as that text where the image
+    """A training sample. `kind` "align" is captions only; "ask" one question (`v1`); "instruct"
+    mixes captions, questions and (with `v1_sq`) conversations. With `context`, the scene is given as that text where the image
     would be -- the language stage, where the decoder learns to read a scene and answer about it."""
     if kind == "align" or template == "v1":
         r = rng.random()
-        if kind == "align":
+        if kind == "ask":  # one question, no caption
+            qq = sample_question(scene, rng)
+            q, a = qq.text, qq.answer
+        elif kind == "align":
             q, a = (BRIEF_PROMPT, brief_caption(scene, rng)) if r < 0.6 else (DETAILED_PROMPT, detailed_caption(scene, rng))
         elif r < 0.3:
             q, a = BRIEF_PROMPT, brief_caption(scene, rng)

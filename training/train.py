@@ -60,6 +60,7 @@ class Schedule:
     language_steps: int = 1200
     language_batch: int = 16
     language_lr: float = 1e-3
+    language_ask: float = 0.0  # share of language batches that are one question per written-out scene
     align_steps: int = 200
     align_batch: int = 16
     align_lr: float = 1e-3
@@ -221,15 +222,19 @@ class Data:
         """A batch of samples and, where instruct keeps the probe's loss on, its vision targets.
         The language stage's scenes are text and are not rendered."""
         template = "v1" if stage == "align" or step % 2 == 0 else "v1_sq"
+        kind = stage
+        if stage == "language":  # a share of batches that are one question each (`v1`), the rest as instruct
+            ask = step_rng(self.seed, "ask", step).random() < self.sched.language_ask
+            kind, template = ("ask", "v1") if ask else ("instruct", template)
         samples, pix = [], []
         for i in range(bsz):
             rng = step_rng(self.seed, STAGES.index(stage), step, i)
             if stage == "language":
                 s = scene_for("train", rng.randrange(40_000_000))
-                samples.append(make_sample(s, rng, "instruct", template, sq_r, context=scene_text(s, rng)))
+                samples.append(make_sample(s, rng, kind, template, sq_r, context=scene_text(s, rng)))
                 continue
             s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
-            samples.append(make_sample(s, rng, stage, template, sq_r))
+            samples.append(make_sample(s, rng, kind, template, sq_r))
             pix.append(p)
         targets = None
         if stage == "instruct" and self.sched.probe_weight:

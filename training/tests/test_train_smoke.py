@@ -203,3 +203,15 @@ def test_evaluation_reads_text_scenes_as_the_language_stage_trains(tok):
     ids, _ = enc.rest([(context + "\n" + q + " ASSISTANT:", False)])
     want = model.embed(torch.tensor(enc.first_chunk(SYSTEM_V1 + " USER: ") + ids)[None])[0]
     assert torch.equal(row, want)
+
+
+def test_language_stage_can_ask_one_question_per_scene(tok):
+    model = build_model("tiny", "full")
+    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0, language_ask=1.0), sharp=None)
+    for step in (0, 1):
+        batch, _ = data.lm_batch("language", step, 3, 0.5)
+        assert batch.template == "v1" and batch.pixels is None
+        for i in range(3):
+            ids = batch.rest_ids[i, :int(batch.rest_mask[i].sum())].tolist()
+            text = tok.decode(ids)
+            assert text.count("ASSISTANT:") == 1 and "?" in text.split("ASSISTANT:")[0]
