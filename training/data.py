@@ -123,7 +123,6 @@ class Sample:
     first: str
     pieces: List[Piece]
     scene: Scene
-    image: bool = True  # False: the scene reaches the decoder as text (the language stage)
 
 
 def sq_turns(scene: Scene, rng: random.Random, sq_r: float) -> List[Tuple[str, str, str]]:
@@ -137,10 +136,12 @@ def sq_turns(scene: Scene, rng: random.Random, sq_r: float) -> List[Tuple[str, s
 
 
 def make_sample(scene: Scene, rng: random.Random, kind: str, template: str, sq_r: float = 0.5,
-                context: Optional[str] = None) -> Sample:
+                as_text: bool = False) -> Sample:
     """A training sample. `kind` "align" is captions only; "ask" one question (`v1`); "instruct"
-    mixes captions, questions and (with `v1_sq`) conversations. With `context`, the scene is given as that text where the image
-    would be -- the language stage, where the decoder learns to read a scene and answer about it."""
+    mixes captions, questions and (with `v1_sq`) conversations. With `as_text`, the scene is
+    written out (`scene_text`) where the image would be -- the language stage, where the decoder
+    learns to read a scene and answer about it."""
+    context = scene_text(scene, rng) if as_text else None
     if kind == "align" or template == "v1":
         r = rng.random()
         if kind == "ask":  # one question, no caption
@@ -165,7 +166,6 @@ def make_sample(scene: Scene, rng: random.Random, kind: str, template: str, sq_r
     if context is not None:
         text, target = sample.pieces[0]
         sample.pieces[0] = (context + text, target)
-        sample.image = False
     return sample
 
 

@@ -162,12 +162,10 @@ class Prompter:
         fe = self.model.embed(first[None])[0]
         rows = []
         for i, q in zip(scenes, questions):
-            if self.contexts is not None:
-                rest = self.model.embed(torch.tensor(self.rest_ids(self.contexts[i] + "\n" + q + " ASSISTANT:"))[None])[0]
-                rows.append(torch.cat([fe, rest]))
-            else:
-                rest = self.model.embed(torch.tensor(self.rest_ids("\n" + q + " ASSISTANT:"))[None])[0]
-                rows.append(torch.cat([fe, self.feats[i], rest]))
+            scene = [] if self.contexts is not None else [self.feats[i]]
+            context = self.contexts[i] if self.contexts is not None else ""
+            rest = self.model.embed(torch.tensor(self.rest_ids(context + "\n" + q + " ASSISTANT:"))[None])[0]
+            rows.append(torch.cat([fe, *scene, rest]))
         return rows
 
     def text(self, ids: List[int]) -> str:

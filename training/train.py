@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image, scene_text,
+from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
                            scene_and_image, step_rng)
 from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
 from training.sqllava.configs import PRESETS, config_to_dict
@@ -82,6 +82,9 @@ class Schedule:
 
     def batch(self, stage: str) -> int:
         return getattr(self, f"{stage}_batch")
+
+    def lr(self, stage: str) -> float:
+        return getattr(self, f"{stage}_lr")
 
 
 SCHEDULES: Dict[str, Schedule] = {
@@ -174,7 +177,7 @@ def world_vocabulary(enc: TextEncoder, n_scenes: int = 400) -> torch.Tensor:
         scene = scene_for("train", 90_000_000 + i)
         rng = random.Random(i)
         for kind, template in (("align", "v1"), ("instruct", "v1"), ("instruct", "v1_sq"), ("instruct", "v1_sq")):
-            s = make_sample(scene, rng, kind, template, 0.5, context=scene_text(scene, rng))
+            s = make_sample(scene, rng, kind, template, 0.5, as_text=True)
             ids.update(enc.first_chunk(s.first))
             ids.update(enc.rest(s.pieces)[0])
     return torch.tensor(sorted(ids))
@@ -231,7 +234,7 @@ class Data:
             rng = step_rng(self.seed, STAGES.index(stage), step, i)
             if stage == "language":
                 s = scene_for("train", rng.randrange(40_000_000))
-                samples.append(make_sample(s, rng, kind, template, sq_r, context=scene_text(s, rng)))
+                samples.append(make_sample(s, rng, kind, template, sq_r, as_text=True))
                 continue
             s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
             samples.append(make_sample(s, rng, kind, template, sq_r))
@@ -285,7 +288,7 @@ def val_batches(cfg: SQLLaVAConfig, enc: TextEncoder, sq_r: float, n: int = 16, 
             scene = scene_for("val", i)
             rng = random.Random(i)
             if text:
-                samples.append(make_sample(scene, rng, "instruct", template, sq_r, context=scene_text(scene, rng)))
+                samples.append(make_sample(scene, rng, "instruct", template, sq_r, as_text=True))
                 continue
             pix.append(preprocess_image(render_augmented(scene, rng, strength=0.0), cfg.vision.image_size))
             samples.append(make_sample(scene, rng, "instruct", template, sq_r))
@@ -315,7 +318,7 @@ def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str) -> Dict[st
 
 
 def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedule):
-    lr = getattr(sched, f"{stage}_lr")
+    lr = sched.lr(stage)
     parts = trained_parameters(model, probe, stage)
     groups = [{"params": parts["main"], "lr": lr}]
     if "vision" in parts:
