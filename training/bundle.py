@@ -40,7 +40,7 @@ def _git_sha() -> str:
 def export_micro(final_pt: str, out_dir: str, name: str = "sq-llava-micro") -> Path:
     from training.export import export_bundle
 
-    ck = torch.load(final_pt)
+    ck = torch.load(final_pt, map_location="cpu")
     cfg = config_from_dict(ck["config"])
     model = SQLLaVA(cfg)
     model.load_state_dict(ck["model"])
@@ -97,7 +97,7 @@ def load_any(path) -> SQLLaVA:
     p = Path(path)
     if p.is_dir():
         return load_bundle_model(p)
-    ck = torch.load(str(p))
+    ck = torch.load(str(p), map_location="cpu")
     model = SQLLaVA(config_from_dict(ck["config"]))
     model.load_state_dict(ck["model"])
     return model.eval()

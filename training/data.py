@@ -125,22 +125,25 @@ class Sample:
     scene: Scene
 
 
-def sq_turns(scene: Scene, rng: random.Random, sq_r: float) -> List[Tuple[str, str, str]]:
+def sq_turns(scene: Scene, rng: random.Random, sq_r: float, n_turns: Optional[int] = None
+             ) -> List[Tuple[str, str, str]]:
     """Conversation turns; every human turn after the first becomes VUSER with probability sq_r
-    (`preprocess_v1_sq2`)."""
+    (`preprocess_v1_sq2`). A fixed `n_turns` asks that many questions and no description."""
+    talk = conversation(scene, rng) if n_turns is None else conversation(scene, rng, n_turns, p_describe=0.0)
     turns = []
-    for i, (q, a) in enumerate(conversation(scene, rng)):
+    for i, (q, a) in enumerate(talk):
         role = "VUSER" if i > 0 and rng.random() < sq_r else "USER"
         turns.append((role, q, a))
     return turns
 
 
 def make_sample(scene: Scene, rng: random.Random, kind: str, template: str, sq_r: float = 0.5,
-                as_text: bool = False) -> Sample:
+                as_text: bool = False, n_turns: Optional[int] = None) -> Sample:
     """A training sample. `kind` "align" is captions only; "ask" one question (`v1`); "instruct"
     mixes captions, questions and (with `v1_sq`) conversations. With `as_text`, the scene is
     written out (`scene_text`) where the image would be -- the language stage, where the decoder
-    learns to read a scene and answer about it."""
+    learns to read a scene and answer about it. `n_turns` fixes a v1_sq conversation's length
+    (questions only)."""
     context = scene_text(scene, rng) if as_text else None
     if kind == "align" or template == "v1":
         r = rng.random()
@@ -159,7 +162,7 @@ def make_sample(scene: Scene, rng: random.Random, kind: str, template: str, sq_r
         first, pieces = v1_pieces(q, a)
         sample = Sample("v1", first, pieces, scene)
     else:
-        turns = sq_turns(scene, rng, sq_r)
+        turns = sq_turns(scene, rng, sq_r, n_turns)
         first, pieces = v1_sq_pieces(turns, loss_on_questions=sq_r > 0)
         assert full_text(first, pieces) == sq_training_text(turns)
         sample = Sample("v1_sq", first, pieces, scene)

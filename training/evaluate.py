@@ -212,7 +212,7 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
                 except RuntimeError:  # e.g. no unique shape to ask the colour of
                     pass
         ok_by_form: Dict[str, List[bool]] = defaultdict(list)
-        answers = []
+        answers, answer_ok = [], []
         for r in chunks(len(qs), batch):
             part = [qs[j] for j in r]
             s = Session(model, p.rows(SYSTEM_V1, [i for i, _ in part], [q.text for _, q in part]))
@@ -220,18 +220,21 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
             for (i, q), o in zip(part, outs):
                 a = p.text(o)
                 answers.append(a)
-                ok_by_form[q.form].append(answer_correct(q.form, q.key, a, scenes[i]))
+                answer_ok.append(answer_correct(q.form, q.key, a, scenes[i]))
+                ok_by_form[q.form].append(answer_ok[-1])
         res["answer_by_form"] = {f: 100.0 * sum(v) / len(v) for f, v in ok_by_form.items()}
         allok = [x for v in ok_by_form.values() for x in v]
         res["answer"] = 100.0 * sum(allok) / len(allok)
         log(f"    answers: {res['answer']:.1f}% ({time.time() - t0:.0f}s)")
+        if examples:
+            res["examples"] = {
+                "captions": [{"scene": i, "caption": caps[i], "ok": cap_ok[i]} for i in range(min(examples, n))],
+                "answers": [{"scene": qs[j][0], "question": qs[j][1].text, "answer": answers[j], "form": qs[j][1].form,
+                             "ok": answer_ok[j]} for j in range(min(examples * 2, len(qs)))]}
 
         # 3. self-questioning, as /quiz: detailed description, then VUSER samples, then answers
         if not sq:
             res.update(sq_valid=float("nan"), diversity=float("nan"), sq_answer=float("nan"), seconds=time.time() - t0)
-            if examples:
-                res["examples"] = {"captions": [{"scene": i, "caption": caps[i], "ok": cap_ok[i]}
-                                                for i in range(min(examples, n))]}
             return res
         gen = torch.Generator().manual_seed(seed)
         valid, distinct, sq_ok, forms_seen = [], [], [], defaultdict(int)
@@ -272,10 +275,7 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
             f"self-answers {res['sq_answer']:.1f}% ({time.time() - t0:.0f}s)")
     res["seconds"] = time.time() - t0
     if examples:
-        res["examples"] = {"captions": [{"scene": i, "caption": caps[i], "ok": cap_ok[i]} for i in range(min(examples, n))],
-                           "answers": [{"question": qs[j][1].text, "answer": answers[j], "form": qs[j][1].form}
-                                       for j in range(min(examples * 2, len(qs)))],
-                           "self_questions": sq_examples}
+        res["examples"]["self_questions"] = sq_examples
     return res
 
 

@@ -5,6 +5,8 @@ thousands of images (measured: training/README.md). The probe gives every patch 
 targets, read straight off the scene geometry:
 
 - the shape, colour and size of the object covering the patch (shape "none" where no object does),
+- that object's place in the scene: its cell of the 3x3 grid ("top left" ... "bottom right"), which
+  the decoder must name for "Where is ...?" and compare for "What is left of ...?",
 - a 7x7 segmentation of the patch into shape classes (a shape's outline, pixel by pixel, is a far
   richer signal than one label per object),
 - the background colour (from the mean token),
@@ -42,6 +44,7 @@ class PatchTargets:
     shape: torch.Tensor  # [B,P] shape index or NONE
     colour: torch.Tensor  # [B,P] colour index or -100
     size: torch.Tensor  # [B,P] 0 small / 1 big or -100
+    cell: torch.Tensor  # [B,P] the object's grid cell 0..8 or -100
     seg: torch.Tensor  # [B,P,SUB*SUB] shape index or NONE
     background: torch.Tensor  # [B]
     single: torch.Tensor  # [B] shape of a one-object scene, else -100
@@ -49,12 +52,13 @@ class PatchTargets:
 
 
 def scene_targets(scene: Scene, grid: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                     List[Tuple[int, int, int]]]:
+                                                     torch.Tensor, List[Tuple[int, int, int]]]:
     w, h, x0, y0 = padded_canvas(scene)
     p = 1.0 / grid
     shape = torch.full((grid * grid,), NONE, dtype=torch.long)
     colour = torch.full((grid * grid,), -100, dtype=torch.long)
     size = torch.full((grid * grid,), -100, dtype=torch.long)
+    cell = torch.full((grid * grid,), -100, dtype=torch.long)
     best = []
     n = grid * SUB
     seg = Image.new("L", (n, n), NONE)
@@ -76,7 +80,9 @@ def scene_targets(scene: Scene, grid: int) -> Tuple[torch.Tensor, torch.Tensor, 
                     top, top_overlap = k, overlap
                 if overlap >= 0.25 * area:
                     shape[k], colour[k], size[k] = labels
+                    cell[k] = o.cell
         shape[top], colour[top], size[top] = labels  # an object smaller than a patch still owns one
+        cell[top] = o.cell
         best.append((top, labels[0], labels[1]))
         scx, scy, sside = cx * n, cy * n, side * n
         if o.shape == "circle":
@@ -85,17 +91,18 @@ def scene_targets(scene: Scene, grid: int) -> Tuple[torch.Tensor, torch.Tensor, 
             draw.polygon(shape_outline(o, scx, scy, sside), fill=labels[0])
     seg_t = torch.from_numpy(np.asarray(seg).astype(np.int64))
     seg_t = seg_t.view(grid, SUB, grid, SUB).permute(0, 2, 1, 3).reshape(grid * grid, SUB * SUB)
-    return shape, colour, size, seg_t, best
+    return shape, colour, size, cell, seg_t, best
 
 
 def patch_targets(scenes: Sequence[Scene], grid: int) -> PatchTargets:
     rows = [scene_targets(s, grid) for s in scenes]
     return PatchTargets(
         shape=torch.stack([r[0] for r in rows]), colour=torch.stack([r[1] for r in rows]),
-        size=torch.stack([r[2] for r in rows]), seg=torch.stack([r[3] for r in rows]),
+        size=torch.stack([r[2] for r in rows]), cell=torch.stack([r[3] for r in rows]),
+        seg=torch.stack([r[4] for r in rows]),
         background=torch.tensor([BACKGROUNDS.index(s.background) for s in scenes]),
         single=torch.tensor([SHAPES.index(s.objects[0].shape) if len(s.objects) == 1 else -100 for s in scenes]),
-        objects=[r[4] for r in rows])
+        objects=[r[5] for r in rows])
 
 
 class PatchProbe(nn.Module):
@@ -108,6 +115,7 @@ class PatchProbe(nn.Module):
         self.shape = nn.Linear(2 * d, NONE + 1)
         self.colour = nn.Linear(2 * d, len(COLOURS))
         self.size = nn.Linear(2 * d, 2)
+        self.cell = nn.Linear(2 * d, 9)
         self.seg = nn.Linear(2 * d, (NONE + 1) * SUB * SUB)
         self.background = nn.Linear(d, len(BACKGROUNDS))
         self.single = nn.Linear(d, len(SHAPES))
@@ -115,7 +123,7 @@ class PatchProbe(nn.Module):
     def forward(self, tokens: torch.Tensor):
         h = self.mlp(self.norm(tokens))
         pooled = tokens.mean(1)
-        return {"shape": self.shape(h), "colour": self.colour(h), "size": self.size(h),
+        return {"shape": self.shape(h), "colour": self.colour(h), "size": self.size(h), "cell": self.cell(h),
                 "seg": self.seg(h).unflatten(-1, (NONE + 1, SUB * SUB)),
                 "background": self.background(pooled), "single": self.single(pooled)}
 
@@ -126,6 +134,7 @@ def probe_loss(out: dict, t: PatchTargets, shape_weight: float = 2.0) -> torch.T
             + shape_weight * F.cross_entropy(out["shape"][occ], t.shape[occ])
             + F.cross_entropy(out["colour"][occ], t.colour[occ])
             + 0.5 * F.cross_entropy(out["size"][occ], t.size[occ])
+            + 0.5 * F.cross_entropy(out["cell"][occ], t.cell[occ])
             + F.cross_entropy(out["seg"].flatten(0, 1), t.seg.flatten(0, 1))
             + 0.5 * F.cross_entropy(out["background"], t.background))
     if (t.single >= 0).any():
@@ -133,12 +142,14 @@ def probe_loss(out: dict, t: PatchTargets, shape_weight: float = 2.0) -> torch.T
     return loss
 
 
-def object_accuracy(out: dict, t: PatchTargets) -> Tuple[float, float]:
-    """Shape and colour accuracy per object, read at the patch that covers most of it."""
-    n = shape_ok = colour_ok = 0
+def object_accuracy(out: dict, t: PatchTargets) -> Tuple[float, float, float]:
+    """Shape, colour and grid-cell accuracy per object, read at the patch that covers most of it."""
+    n = shape_ok = colour_ok = cell_ok = 0
+    shape_p, colour_p, cell_p = (out[k].argmax(-1).cpu() for k in ("shape", "colour", "cell"))
     for i, objs in enumerate(t.objects):
         for k, shape, colour in objs:
             n += 1
-            shape_ok += int(out["shape"][i, k].argmax().item() == shape)
-            colour_ok += int(out["colour"][i, k].argmax().item() == colour)
-    return shape_ok / max(1, n), colour_ok / max(1, n)
+            shape_ok += int(shape_p[i, k] == shape)
+            colour_ok += int(colour_p[i, k] == colour)
+            cell_ok += int(cell_p[i, k] == t.cell[i, k])
+    return shape_ok / max(1, n), colour_ok / max(1, n), cell_ok / max(1, n)

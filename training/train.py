@@ -24,6 +24,7 @@ command continues from it. Every batch is a pure function of (seed, stage, step)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import random
@@ -61,6 +62,7 @@ class Schedule:
     language_batch: int = 16
     language_lr: float = 1e-3
     language_ask: float = 0.0  # share of language batches that are one question per written-out scene
+    language_turns: int = 0  # language v1_sq conversations: this many questions (no description); 0: 2-4 turns
     align_steps: int = 200
     align_batch: int = 16
     align_lr: float = 1e-3
@@ -91,6 +93,9 @@ SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
     # the ablations' schedule when time is short (earlier stages shared with the main run)
     "short": Schedule(instruct_steps=300),
+    # a CUDA GPU (about 8 minutes on one H200 with 14 rendering workers): the same stages, longer
+    "gpu": Schedule(vision_steps=4000, language_steps=4000, language_batch=32, align_steps=300, align_batch=32,
+                    instruct_steps=3000, instruct_batch=32),
     "smoke": Schedule(vision_steps=6, vision_batch=8, language_steps=4, language_batch=4, align_steps=4,
                       align_batch=4, instruct_steps=6, instruct_batch=4, warmup=2, p_sharp=0.5),
 }
@@ -101,8 +106,7 @@ SCHEDULES: Dict[str, Schedule] = {
 def build_model(preset: str, variant: str) -> SQLLaVA:
     cfg = PRESETS[preset]
     if variant == "no_proto":
-        cfg = SQLLaVAConfig(vision=cfg.vision, text=cfg.text, num_prototypes=cfg.num_prototypes,
-                            cluster_iters=cfg.cluster_iters, use_prototypes=False)
+        cfg = dataclasses.replace(cfg, use_prototypes=False)
     model = SQLLaVA(cfg)
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
@@ -129,11 +133,12 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
     With `probe`, the vision probe's loss on the same images is added with `probe_weight`.
     """
     b, t = batch.rest_ids.shape
+    dev = batch.rest_ids.device
     pre = model.embed(batch.prefix_ids[None])
     tp = pre.shape[1]
     # the first chunk (system + "USER: ") is the same for the whole batch: run it once, share its KV
-    _, past = model.decode(pre, torch.ones(1, tp, dtype=torch.long), torch.arange(tp)[None],
-                           logits_for=torch.zeros(1, tp, dtype=torch.bool))
+    _, past = model.decode(pre, torch.ones(1, tp, dtype=torch.long, device=dev), torch.arange(tp, device=dev)[None],
+                           logits_for=torch.zeros(1, tp, dtype=torch.bool, device=dev))
     past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past]
     aux = 0.0
     if batch.pixels is None:
@@ -146,11 +151,11 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
             aux = probe_weight * probe_loss(probe(feats), vision_targets)
     n = img.shape[1]
     emb = torch.cat([img, model.embed(batch.rest_ids)], dim=1)
-    am = torch.cat([torch.ones(b, tp + n, dtype=torch.long), batch.rest_mask], dim=1)
-    pos = (tp + torch.arange(n + t))[None].expand(b, -1)
+    am = torch.cat([torch.ones(b, tp + n, dtype=torch.long, device=dev), batch.rest_mask], dim=1)
+    pos = (tp + torch.arange(n + t, device=dev))[None].expand(b, -1)
     # the hidden state at position i predicts token i + 1: the last image token predicts the first
     # rest token; with no image, the first rest token (never a target) is predicted in the prefix
-    lf = torch.zeros(b, n + t, dtype=torch.bool)
+    lf = torch.zeros(b, n + t, dtype=torch.bool, device=dev)
     if n:
         lf[:, n - 1:n - 1 + t] = batch.labels
     else:
@@ -185,7 +190,7 @@ def world_vocabulary(enc: TextEncoder, n_scenes: int = 400) -> torch.Tensor:
 
 def candidates_for(world: torch.Tensor, targets: torch.Tensor, vocab: int, n_neg: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    neg = torch.randint(0, vocab, (n_neg,), generator=g)
+    neg = torch.randint(0, vocab, (n_neg,), generator=g).to(targets.device)
     return torch.unique(torch.cat([world, targets, neg]))
 
 
@@ -234,7 +239,8 @@ class Data:
             rng = step_rng(self.seed, STAGES.index(stage), step, i)
             if stage == "language":
                 s = scene_for("train", rng.randrange(40_000_000))
-                samples.append(make_sample(s, rng, kind, template, sq_r, as_text=True))
+                samples.append(make_sample(s, rng, kind, template, sq_r, as_text=True,
+                                           n_turns=self.sched.language_turns or None))
                 continue
             s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
             samples.append(make_sample(s, rng, kind, template, sq_r))
@@ -328,6 +334,28 @@ def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedul
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=sched.weight_decay)
 
 
+def to_device(x, dev: torch.device):
+    """A batch, vision targets, or a tuple of them, with every tensor on `dev` (other fields stay)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dev, non_blocking=True)
+    if isinstance(x, tuple):
+        return tuple(to_device(v, dev) for v in x)
+    if dataclasses.is_dataclass(x):
+        return dataclasses.replace(x, **{f.name: to_device(getattr(x, f.name), dev) for f in dataclasses.fields(x)
+                                         if isinstance(getattr(x, f.name), torch.Tensor)})
+    return x
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":  # TF32 matmuls: float32 training at tensor-core speed
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
 def save_ckpt(path: str, state: dict):
     tmp = path + ".tmp"
     torch.save(state, tmp)
@@ -346,31 +374,32 @@ def train(args, tokenizer=None) -> SQLLaVA:
         from training.sqllava.tokenizer import LlamaTokenizer
         tokenizer = LlamaTokenizer.from_file(TOKENIZER_JSON)
     enc = TextEncoder(tokenizer)
-    model = build_model(args.preset, args.variant)
+    dev = pick_device(args.device)
+    model = build_model(args.preset, args.variant).to(dev)
     cfg = model.cfg
-    probe = PatchProbe(cfg.vision.hidden_size)
+    probe = PatchProbe(cfg.vision.hidden_size).to(dev)
     print(f"[train] {args.variant}: {count_parameters(model) / 1e6:.2f}M parameters, schedule {args.schedule}, "
-          f"out {args.out}", flush=True)
+          f"device {dev}, out {args.out}", flush=True)
     sharp = SharpPool(os.path.join(args.cache, "sharp"), args.sharp_pool) if sched.p_sharp > 0 else None
     data = Data(cfg, enc, args.seed, sched, sharp)
     n_val = 8 if args.schedule == "smoke" else 24
-    vals = val_batches(cfg, enc, sched.sq_r, n=n_val)
-    text_vals = val_batches(cfg, enc, sched.sq_r, n=n_val, text=True)
-    val_pix, val_targets = val_vision(cfg, 16 if args.schedule == "smoke" else 200)
-    world = world_vocabulary(enc, 20 if args.schedule == "smoke" else 400)
+    vals = [to_device(b, dev) for b in val_batches(cfg, enc, sched.sq_r, n=n_val)]
+    text_vals = [to_device(b, dev) for b in val_batches(cfg, enc, sched.sq_r, n=n_val, text=True)]
+    val_pix, val_targets = to_device(val_vision(cfg, 16 if args.schedule == "smoke" else 200), dev)
+    world = world_vocabulary(enc, 20 if args.schedule == "smoke" else 400).to(dev)
     print(f"[train] world vocabulary: {len(world)} token ids", flush=True)
 
     stage, step, elapsed = 0, 0, 0.0
     opt_state = None
     history: List[dict] = []
     if os.path.exists(ckpt_path) and not args.fresh:
-        ck = torch.load(ckpt_path)
+        ck = torch.load(ckpt_path, map_location=dev)
         model.load_state_dict(ck["model"])
         probe.load_state_dict(ck["probe"])
         stage, step, elapsed, opt_state, history = ck["stage"], ck["step"], ck["elapsed"], ck["opt"], ck["history"]
         print(f"[train] resumed from {ckpt_path}: stage {stage} step {step} ({elapsed / 60:.1f} min so far)", flush=True)
     elif args.init_from:
-        ck = torch.load(args.init_from)
+        ck = torch.load(args.init_from, map_location=dev)
         stage = ck["next_stage"]
         # a stage before align leaves the projector untrained, so a variant with another
         # projector (no_proto) can share it
@@ -378,17 +407,18 @@ def train(args, tokenizer=None) -> SQLLaVA:
                if stage > STAGES.index("align") or not k.startswith("model.mm_projector.")}
         missing, unexpected = model.load_state_dict(own, strict=stage > STAGES.index("align"))
         assert not unexpected and all(k.startswith("model.mm_projector.") for k in missing), (missing, unexpected)
-        if "probe" in ck:
-            probe.load_state_dict(ck["probe"])
+        if "probe" in ck:  # a probe from before the grid-cell head starts that head afresh
+            missing, unexpected = probe.load_state_dict(ck["probe"], strict=False)
+            assert not unexpected and all(k.startswith("cell.") for k in missing), (missing, unexpected)
         print(f"[train] stages before {STAGES[stage]} shared from {args.init_from}", flush=True)
 
 
     def probe_accuracy() -> str:
         model.eval()
         with torch.no_grad():
-            shape, colour = object_accuracy(probe(model.model.vision_tower(val_pix)), val_targets)
+            shape, colour, cell = object_accuracy(probe(model.model.vision_tower(val_pix)), val_targets)
         model.train()
-        return f"probe on validation scenes: shape {shape * 100:.1f}% colour {colour * 100:.1f}%"
+        return f"probe on validation scenes: shape {shape * 100:.1f}% colour {colour * 100:.1f}% cell {cell * 100:.1f}%"
 
     last_ckpt = time.time()
     while stage < len(STAGES):
@@ -414,7 +444,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * lr_f
             ts = time.time()
-            item = next(feed)
+            item = to_device(next(feed), dev)
             t_data += time.time() - ts
             if name == "vision":
                 pix, vt = item
@@ -490,6 +520,7 @@ def main(argv=None):
                     help="start after the stage saved in another run's <stage>.pt (vision.pt, language.pt, align.pt)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, cuda:1, ...")
     ap.add_argument("--workers", type=int, default=1, help="processes rendering batches ahead of training (0: inline)")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--val-every", type=int, default=100)

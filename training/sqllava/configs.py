@@ -29,7 +29,7 @@ PRESETS: Dict[str, SQLLaVAConfig] = {
                             num_layers=5, num_heads=4, stem="conv"),  # select_layer -2: 4 layers used
         text=TextConfig(hidden_size=192, intermediate_size=512, num_layers=4, num_heads=6,
                         num_kv_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6),
-        num_prototypes=24,
+        num_prototypes=24, cluster_tie_break=1e-3,
     ),
     # Random-weight test model for golden files and unit tests (fast, still GQA + odd pooling:
     # 16 patches -> 6 centres). The text width is 8 so that the 32,000-token embedding and

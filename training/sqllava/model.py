@@ -81,6 +81,11 @@ class SQLLaVAConfig:
     num_prototypes: int = 256  # K centres of the prototype extractor
     cluster_iters: int = 2
     use_prototypes: bool = True  # False: plain QuickGELU MLP projector (ablation)
+    # Subtracted from centre k's similarity (times k) before the hard assignment; 0 in the
+    # reference. Trained from scratch, the refinement makes the centres near-identical (top-2
+    # similarity margins ~1e-6), so the argmax would follow float rounding and onnxruntime would
+    # pick other centres than PyTorch; a small bias settles such near-ties on the first centre.
+    cluster_tie_break: float = 0.0
 
     @property
     def num_image_tokens(self) -> int:
@@ -236,8 +241,10 @@ class Clustering(nn.Module):
     sigmoid(beta + alpha*cos), residually, before the two-layer QuickGELU MLP.
     """
 
-    def __init__(self, channels: int, channels_out: int, num_centers: int, iters: int, num_tokens: int):
+    def __init__(self, channels: int, channels_out: int, num_centers: int, iters: int, num_tokens: int,
+                 tie_break: float = 0.0):
         super().__init__()
+        self.tie_break = tie_break
         self.sim_alpha = nn.Parameter(torch.ones(1, 1, 1))
         self.sim_beta = nn.Parameter(torch.zeros(1, 1, 1))
         self.c = nn.Linear(channels, channels)
@@ -264,7 +271,11 @@ class Clustering(nn.Module):
         cos = F.normalize(centers, dim=-1) @ F.normalize(x, dim=-1).transpose(1, 2)  # [B,K,L]
         similarity = torch.sigmoid(self.sim_beta + self.sim_alpha * cos)
         # hard nearest-centre assignment: one-hot of the argmax over centres
-        mask = F.one_hot(similarity.argmax(dim=1), similarity.shape[1]).transpose(1, 2).to(x.dtype)
+        score = similarity
+        if self.tie_break:
+            k = torch.arange(similarity.shape[1], dtype=x.dtype, device=x.device)
+            score = similarity - self.tie_break * k.view(1, -1, 1)
+        mask = F.one_hot(score.argmax(dim=1), similarity.shape[1]).transpose(1, 2).to(x.dtype)
         similarity = similarity * mask
         out = (similarity @ feature + centers_feature) / (mask.sum(dim=-1, keepdim=True) + 1.0)  # [B,K,D]
         out = x + similarity.transpose(1, 2) @ out  # [B,L,D]
@@ -301,7 +312,7 @@ class LlamaRMSNorm(nn.Module):
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [B,1,T,D] for HF LLaMA's rotate-half RoPE."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim))
     freqs = position_ids.to(torch.float32)[..., None] * inv_freq  # [B,T,D/2]
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]
     return emb.cos(), emb.sin()
@@ -377,10 +388,11 @@ def decoder_mask(attention_mask: torch.Tensor, t: int, dtype=torch.float32) -> t
     """Additive [B,1,T,P+T] mask: causal over the new tokens, padding (0s) masked out."""
     b, total = attention_mask.shape
     past = total - t
-    q = torch.arange(t).view(t, 1) + past
-    kpos = torch.arange(total).view(1, total)
+    dev = attention_mask.device
+    q = torch.arange(t, device=dev).view(t, 1) + past
+    kpos = torch.arange(total, device=dev).view(1, total)
     allowed = (kpos <= q)[None, None] & (attention_mask[:, None, None, :] > 0)
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 class SQLLaVAModel(nn.Module):
@@ -395,7 +407,7 @@ class SQLLaVAModel(nn.Module):
         self.vision_tower = CLIPVisionTower(cfg.vision)
         if cfg.use_prototypes:
             self.mm_projector = Clustering(cfg.vision.hidden_size, t.hidden_size, cfg.num_prototypes,
-                                           cfg.cluster_iters, cfg.vision.num_patches)
+                                           cfg.cluster_iters, cfg.vision.num_patches, cfg.cluster_tie_break)
         else:
             self.mm_projector = MLPProjector(cfg.vision.hidden_size, t.hidden_size)
 

@@ -22,6 +22,8 @@ def test_centred_object_labels_the_middle_patches_and_its_outline():
     assert (seg[0] == NONE).all()
     assert t.single.tolist() == [SHAPES.index("star")]
     assert t.objects[0][0][1] == SHAPES.index("star")
+    occupied = t.shape[0] != NONE
+    assert (t.cell[0][occupied] == 4).all() and (t.cell[0][~occupied] == -100).all()
 
 
 def test_wide_canvas_is_padded_to_a_square_before_labelling():
@@ -38,4 +40,5 @@ def test_small_object_owns_at_least_one_patch_and_several_scenes_stack():
     assert t.shape.shape == (2, 64) and t.seg.shape == (2, 64, SUB * SUB)
     for i, s in enumerate(scenes):
         assert (t.shape[i] == SHAPES.index(s.objects[0].shape)).sum() >= 1
+        assert set(t.cell[i][t.shape[i] != NONE].tolist()) == {s.objects[0].cell}
     assert torch.equal(t.background, torch.tensor([0, 0]))

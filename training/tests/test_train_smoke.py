@@ -10,6 +10,7 @@ from training.sqllava.conversation import sq_training_text
 from training.sqllava.tokenizer import LlamaTokenizer
 from training.probe import PatchProbe, patch_targets, probe_loss
 from training.train import Data, Schedule, build_model, candidates_for, lm_loss
+from training.world.language import DETAILED_PROMPT
 from training.world.render import render_pil
 from training.world.scene import scene_for
 
@@ -215,3 +216,30 @@ def test_language_stage_can_ask_one_question_per_scene(tok):
             ids = batch.rest_ids[i, :int(batch.rest_mask[i].sum())].tolist()
             text = tok.decode(ids)
             assert text.count("ASSISTANT:") == 1 and "?" in text.split("ASSISTANT:")[0]
+
+
+def test_language_stage_can_hold_long_question_only_conversations(tok):
+    """`language_turns`: v1_sq batches become that many questions about the written-out scene, with
+    no description turn (every answer a lookup in the context)."""
+    model = build_model("tiny", "full")
+    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0, language_turns=6), sharp=None)
+    batch, _ = data.lm_batch("language", 1, 3, 0.5)
+    assert batch.template == "v1_sq"
+    for i in range(3):
+        text = tok.decode(batch.rest_ids[i, :int(batch.rest_mask[i].sum())].tolist())
+        assert text.count("ASSISTANT:") == 6
+        assert DETAILED_PROMPT not in text
+
+
+def test_batches_and_targets_move_to_the_training_device(tok):
+    """Every tensor of a batch and of the probe's targets moves (here to the meta device, which
+    stands in for a GPU); scenes and per-object lists stay as they are."""
+    from training.train import to_device
+    model = build_model("tiny", "full")
+    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0), sharp=None)
+    batch, targets = to_device(data.lm_batch("instruct", 0, 2, 0.5), torch.device("meta"))
+    for b in (batch, targets):
+        for name, v in vars(b).items():
+            if isinstance(v, torch.Tensor):
+                assert v.device.type == "meta", name
+    assert batch.scenes and targets.objects and batch.template in ("v1", "v1_sq")

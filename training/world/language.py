@@ -370,15 +370,19 @@ def caption_correct(scene: Scene, text: str) -> bool:
 
 # ----------------------------------------------------------------------------- conversations
 
-def conversation(scene: Scene, rng: random.Random, n_turns: Optional[int] = None) -> List[Tuple[str, str]]:
-    """(question, answer) turns. The first turn asks for the detailed description half the time,
-    as /quiz starts; questions are distinct within a conversation."""
+def conversation(scene: Scene, rng: random.Random, n_turns: Optional[int] = None,
+                 p_describe: float = 0.5) -> List[Tuple[str, str]]:
+    """(question, answer) turns. The first turn asks for the detailed description with probability
+    `p_describe` (half the time, as /quiz starts); questions are distinct within a conversation
+    (fewer turns where a small scene has fewer distinct questions)."""
     n = n_turns if n_turns is not None else rng.randint(2, 4)
     turns: List[Tuple[str, str]] = []
-    if rng.random() < 0.5:
+    if rng.random() < p_describe:
         turns.append((DETAILED_PROMPT, detailed_caption(scene, rng)))
     seen = set()
-    while len(turns) < n:
+    for _ in range(20 * n):
+        if len(turns) >= n:
+            break
         q = sample_question(scene, rng)
         if q.text in seen:
             continue
