@@ -146,10 +146,11 @@ def object_accuracy(out: dict, t: PatchTargets) -> Tuple[float, float, float]:
     """Shape, colour and grid-cell accuracy per object, read at the patch that covers most of it."""
     n = shape_ok = colour_ok = cell_ok = 0
     shape_p, colour_p, cell_p = (out[k].argmax(-1).cpu() for k in ("shape", "colour", "cell"))
+    cells = t.cell.cpu()
     for i, objs in enumerate(t.objects):
         for k, shape, colour in objs:
             n += 1
             shape_ok += int(shape_p[i, k] == shape)
             colour_ok += int(colour_p[i, k] == colour)
-            cell_ok += int(cell_p[i, k] == t.cell[i, k])
+            cell_ok += int(cell_p[i, k] == cells[i, k])
     return shape_ok / max(1, n), colour_ok / max(1, n), cell_ok / max(1, n)

@@ -94,8 +94,8 @@ SCHEDULES: Dict[str, Schedule] = {
     # the ablations' schedule when time is short (earlier stages shared with the main run)
     "short": Schedule(instruct_steps=300),
     # a CUDA GPU (about 8 minutes on one H200 with 14 rendering workers): the same stages, longer
-    "gpu": Schedule(vision_steps=4000, language_steps=4000, language_batch=32, align_steps=300, align_batch=32,
-                    instruct_steps=3000, instruct_batch=32),
+    "gpu": Schedule(vision_steps=4000, language_steps=3000, language_batch=32, language_turns=6, align_steps=300,
+                    align_batch=32, instruct_steps=2500, instruct_batch=32),
     "smoke": Schedule(vision_steps=6, vision_batch=8, language_steps=4, language_batch=4, align_steps=4,
                       align_batch=4, instruct_steps=6, instruct_batch=4, warmup=2, p_sharp=0.5),
 }
