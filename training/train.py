@@ -338,8 +338,8 @@ def to_device(x, dev: torch.device):
     """A batch, vision targets, or a tuple of them, with every tensor on `dev` (other fields stay)."""
     if isinstance(x, torch.Tensor):
         return x.to(dev, non_blocking=True)
-    if isinstance(x, tuple):
-        return tuple(to_device(v, dev) for v in x)
+    if isinstance(x, (tuple, list)):  # a DataLoader hands tuples back as lists
+        return type(x)(to_device(v, dev) for v in x)
     if dataclasses.is_dataclass(x):
         return dataclasses.replace(x, **{f.name: to_device(getattr(x, f.name), dev) for f in dataclasses.fields(x)
                                          if isinstance(getattr(x, f.name), torch.Tensor)})

@@ -237,7 +237,8 @@ def test_batches_and_targets_move_to_the_training_device(tok):
     from training.train import to_device
     model = build_model("tiny", "full")
     data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0), sharp=None)
-    batch, targets = to_device(data.lm_batch("instruct", 0, 2, 0.5), torch.device("meta"))
+    # a DataLoader hands the (batch, targets) tuple back as a list
+    batch, targets = to_device(list(data.lm_batch("instruct", 0, 2, 0.5)), torch.device("meta"))
     for b in (batch, targets):
         for name, v in vars(b).items():
             if isinstance(v, torch.Tensor):
