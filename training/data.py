@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from training.sqllava.conversation import SYSTEM_V1, SYSTEM_V1_SQ, sq_training_text
-from training.world.language import (BRIEF_PROMPT, DETAILED_PROMPT, brief_caption, conversation,
+from training.world.language import (BRIEF_PROMPT, DETAILED_PROMPT, FORMS, brief_caption, conversation,
                                      detailed_caption, sample_question)
 from training.world.render import augment, random_long_edge, render_augmented, render_svg
 from training.world.scene import Scene, scene_for
@@ -125,11 +125,12 @@ class Sample:
     scene: Scene
 
 
-def sq_turns(scene: Scene, rng: random.Random, sq_r: float, n_turns: Optional[int] = None
-             ) -> List[Tuple[str, str, str]]:
+def sq_turns(scene: Scene, rng: random.Random, sq_r: float, n_turns: Optional[int] = None,
+             forms: Sequence[str] = FORMS) -> List[Tuple[str, str, str]]:
     """Conversation turns; every human turn after the first becomes VUSER with probability sq_r
-    (`preprocess_v1_sq2`). A fixed `n_turns` asks that many questions and no description."""
-    talk = conversation(scene, rng) if n_turns is None else conversation(scene, rng, n_turns, p_describe=0.0)
+    (`preprocess_v1_sq2`). A fixed `n_turns` asks that many questions, of `forms`, and no description."""
+    talk = conversation(scene, rng) if n_turns is None else \
+        conversation(scene, rng, n_turns, p_describe=0.0, forms=forms)
     turns = []
     for i, (q, a) in enumerate(talk):
         role = "VUSER" if i > 0 and rng.random() < sq_r else "USER"
@@ -138,12 +139,12 @@ def sq_turns(scene: Scene, rng: random.Random, sq_r: float, n_turns: Optional[in
 
 
 def make_sample(scene: Scene, rng: random.Random, kind: str, template: str, sq_r: float = 0.5,
-                as_text: bool = False, n_turns: Optional[int] = None) -> Sample:
+                as_text: bool = False, n_turns: Optional[int] = None, forms: Sequence[str] = FORMS) -> Sample:
     """A training sample. `kind` "align" is captions only; "ask" one question (`v1`); "instruct"
     mixes captions, questions and (with `v1_sq`) conversations. With `as_text`, the scene is
     written out (`scene_text`) where the image would be -- the language stage, where the decoder
     learns to read a scene and answer about it. `n_turns` fixes a v1_sq conversation's length
-    (questions only)."""
+    (questions only, of `forms`)."""
     context = scene_text(scene, rng) if as_text else None
     if kind == "align" or template == "v1":
         r = rng.random()
@@ -162,7 +163,7 @@ def make_sample(scene: Scene, rng: random.Random, kind: str, template: str, sq_r
         first, pieces = v1_pieces(q, a)
         sample = Sample("v1", first, pieces, scene)
     else:
-        turns = sq_turns(scene, rng, sq_r, n_turns)
+        turns = sq_turns(scene, rng, sq_r, n_turns, forms)
         first, pieces = v1_sq_pieces(turns, loss_on_questions=sq_r > 0)
         assert full_text(first, pieces) == sq_training_text(turns)
         sample = Sample("v1_sq", first, pieces, scene)

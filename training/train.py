@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,7 @@ from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, 
 from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
 from training.sqllava.configs import PRESETS, config_to_dict
 from training.sqllava.model import SQLLaVA, SQLLaVAConfig, count_parameters
+from training.world.language import FORMS
 from training.world.render import render_augmented
 from training.world.scene import BIG_SIDE, sample_scene, scene_for
 
@@ -63,6 +64,8 @@ class Schedule:
     language_lr: float = 1e-3
     language_ask: float = 0.0  # share of language batches that are one question per written-out scene
     language_turns: int = 0  # language v1_sq conversations: this many questions (no description); 0: 2-4 turns
+    instruct_turns: int = 0  # the same for instruct's v1_sq conversations
+    instruct_forms: Tuple[str, ...] = tuple(FORMS)  # ... drawing their questions from these (repeats weigh more)
     align_steps: int = 200
     align_batch: int = 16
     align_lr: float = 1e-3
@@ -243,7 +246,9 @@ class Data:
                                            n_turns=self.sched.language_turns or None))
                 continue
             s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
-            samples.append(make_sample(s, rng, kind, template, sq_r))
+            turns = self.sched.instruct_turns if stage == "instruct" else 0
+            samples.append(make_sample(s, rng, kind, template, sq_r, n_turns=turns or None,
+                                       forms=self.sched.instruct_forms))
             pix.append(p)
         targets = None
         if stage == "instruct" and self.sched.probe_weight:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .scene import BACKGROUNDS, COLOURS, NUMBER_WORDS, POSITIONS, SHAPES, SIZES, Scene, SceneObject
 
@@ -196,10 +196,12 @@ def _split_obj(obj: str) -> Tuple[str, str]:
     return colour, shape
 
 
-def sample_question(scene: Scene, rng: random.Random, form: Optional[str] = None) -> Question:
-    """A question of `form` (random when None) that applies to the scene."""
+def sample_question(scene: Scene, rng: random.Random, form: Optional[str] = None,
+                    forms: Sequence[str] = FORMS) -> Question:
+    """A question of `form` (else of a form drawn from `forms`, where a form listed twice is drawn
+    twice as often) that applies to the scene."""
     objs = scene.ordered()
-    forms = [form] if form else FORMS
+    forms = [form] if form else forms
     for _ in range(100):
         f = rng.choice(forms)
         slots: Dict[str, str] = {}
@@ -371,7 +373,7 @@ def caption_correct(scene: Scene, text: str) -> bool:
 # ----------------------------------------------------------------------------- conversations
 
 def conversation(scene: Scene, rng: random.Random, n_turns: Optional[int] = None,
-                 p_describe: float = 0.5) -> List[Tuple[str, str]]:
+                 p_describe: float = 0.5, forms: Sequence[str] = FORMS) -> List[Tuple[str, str]]:
     """(question, answer) turns. The first turn asks for the detailed description with probability
     `p_describe` (half the time, as /quiz starts); questions are distinct within a conversation
     (fewer turns where a small scene has fewer distinct questions)."""
@@ -383,7 +385,7 @@ def conversation(scene: Scene, rng: random.Random, n_turns: Optional[int] = None
     for _ in range(20 * n):
         if len(turns) >= n:
             break
-        q = sample_question(scene, rng)
+        q = sample_question(scene, rng, forms=forms)
         if q.text in seen:
             continue
         seen.add(q.text)
