@@ -37,7 +37,8 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def export_micro(final_pt: str, out_dir: str, name: str = "sq-llava-micro") -> Path:
+def export_micro(final_pt: str, out_dir: str, name: str = "sq-llava-micro",
+                 command: str = "python3 -m training.train --schedule gpu --export models/sq-llava-micro") -> Path:
     from training.export import export_bundle
 
     ck = torch.load(final_pt, map_location="cpu")
@@ -48,7 +49,7 @@ def export_micro(final_pt: str, out_dir: str, name: str = "sq-llava-micro") -> P
     source = {
         "kind": "trained",
         "trainer": "training/train.py (shapes world, see training/README.md and /work/shared/WORLD.md)",
-        "command": "/usr/bin/python3 -m training.train --export models/sq-llava-micro",
+        "command": command,
         "variant": ck.get("variant", "full"),
         "training_minutes": round(ck.get("elapsed", 0) / 60, 1),
         "schedule": ck.get("schedule"),

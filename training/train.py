@@ -1,6 +1,8 @@
 """Trains the micro SQ-LLaVA on the shapes world and exports models/sq-llava-micro.
 
-    /usr/bin/python3 -m training.train                       # the committed bundle, from nothing
+    python3 -m training.train --schedule gpu --export models/sq-llava-micro   # the committed bundle
+                                                    # (a CUDA GPU: ~10 min on one H200)
+    /usr/bin/python3 -m training.train               # 2 CPU cores, ~2 h: the same stages, shorter
     /usr/bin/python3 -m training.train --variant no_sq       # ablation: no self-questioning
     /usr/bin/python3 -m training.train --variant no_proto    # ablation: no prototype extractor
 
@@ -16,6 +18,8 @@ Stages, in order (training/README.md explains what is frozen and why):
   instruct  the paper's stage 2 -- v1_sq conversations (later human turns -> VUSER with p=0.5,
             loss on VUSER questions and answers) mixed with single-turn v1 samples; everything
             trained, the probe's loss kept on so the ViT keeps what the vision stage taught it.
+  focus     instruct continued (gpu schedule only) on conversations of six questions each, the
+            forms a decoder gets wrong most drawn three times as often.
 
 Resumable: progress is checkpointed to runs/<name>/ckpt.pt every few minutes; rerunning the same
 command continues from it. Every batch is a pure function of (seed, stage, step).
@@ -47,7 +51,12 @@ from training.world.render import render_augmented
 from training.world.scene import BIG_SIDE, sample_scene, scene_for
 
 TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
-STAGES = ("vision", "language", "align", "instruct")
+STAGES = ("vision", "language", "align", "instruct", "focus")
+# the two stages that fine-tune everything on images (instruct, then its dense continuation)
+TUNING = ("instruct", "focus")
+# the question forms a trained decoder gets wrong most (lookups keyed by shape, places): focus
+# draws them three times as often as the others
+HARD_FORMS = ("colour_of_shape", "shape_of_colour", "position", "relation")
 
 
 @dataclass
@@ -64,23 +73,28 @@ class Schedule:
     language_lr: float = 1e-3
     language_ask: float = 0.0  # share of language batches that are one question per written-out scene
     language_turns: int = 0  # language v1_sq conversations: this many questions (no description); 0: 2-4 turns
-    instruct_turns: int = 0  # the same for instruct's v1_sq conversations
-    instruct_forms: Tuple[str, ...] = tuple(FORMS)  # ... drawing their questions from these (repeats weigh more)
     align_steps: int = 200
     align_batch: int = 16
     align_lr: float = 1e-3
     instruct_steps: int = 800
     instruct_batch: int = 16
     instruct_lr: float = 8e-4
-    probe_weight: float = 0.5  # instruct: the vision probe's loss kept on, so the ViT keeps its features
-    vision_lr_scale: float = 0.3  # instruct: the ViT moves slower than the rest
+    # focus: instruct continued with its v1_sq conversations made of `focus_turns` questions (no
+    # description), drawn from `focus_forms` (a form listed three times is drawn three times as often)
+    focus_steps: int = 0
+    focus_batch: int = 16
+    focus_lr: float = 4e-4
+    focus_turns: int = 6
+    focus_forms: Tuple[str, ...] = tuple(FORMS) + HARD_FORMS * 2
+    probe_weight: float = 0.5  # instruct, focus: the vision probe's loss kept on, so the ViT keeps its features
+    vision_lr_scale: float = 0.3  # instruct, focus: the ViT moves slower than the rest
     warmup: int = 50
     weight_decay: float = 0.01
     clip: float = 1.0
     sq_r: float = 0.5
     p_sharp: float = 0.15
     sampled_negatives: int = 3000  # sampled softmax: random vocabulary rows per step besides the world's words
-    full_softmax_tail: float = 0.15  # the last part of instruct uses the exact 32,000-way softmax
+    full_softmax_tail: float = 0.15  # the last part of instruct (and focus) uses the exact 32,000-way softmax
 
     def steps(self, stage: str) -> int:
         return getattr(self, f"{stage}_steps")
@@ -96,11 +110,13 @@ SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
     # the ablations' schedule when time is short (earlier stages shared with the main run)
     "short": Schedule(instruct_steps=300),
-    # a CUDA GPU (about 8 minutes on one H200 with 14 rendering workers): the same stages, longer
+    # a CUDA GPU (about 10 minutes on one H200 with 13 rendering workers): the same stages, longer,
+    # and focus -- the committed bundle
     "gpu": Schedule(vision_steps=4000, language_steps=3000, language_batch=32, language_turns=6, align_steps=300,
-                    align_batch=32, instruct_steps=2500, instruct_batch=32),
+                    align_batch=32, instruct_steps=2500, instruct_batch=32, focus_steps=1800, focus_batch=32),
     "smoke": Schedule(vision_steps=6, vision_batch=8, language_steps=4, language_batch=4, align_steps=4,
-                      align_batch=4, instruct_steps=6, instruct_batch=4, warmup=2, p_sharp=0.5),
+                      align_batch=4, instruct_steps=6, instruct_batch=4, focus_steps=4, focus_batch=4, warmup=2,
+                      p_sharp=0.5),
 }
 
 
@@ -246,12 +262,14 @@ class Data:
                                            n_turns=self.sched.language_turns or None))
                 continue
             s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
-            turns = self.sched.instruct_turns if stage == "instruct" else 0
-            samples.append(make_sample(s, rng, kind, template, sq_r, n_turns=turns or None,
-                                       forms=self.sched.instruct_forms))
+            if stage == "focus":
+                samples.append(make_sample(s, rng, "instruct", template, sq_r, n_turns=self.sched.focus_turns,
+                                           forms=self.sched.focus_forms))
+            else:
+                samples.append(make_sample(s, rng, kind, template, sq_r))
             pix.append(p)
         targets = None
-        if stage == "instruct" and self.sched.probe_weight:
+        if stage in TUNING and self.sched.probe_weight:
             targets = patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
         return collate(samples, pix, self.enc), targets
 
@@ -325,7 +343,8 @@ def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str) -> Dict[st
     return {"vision": {"main": vision},
             "language": {"main": decoder},
             "align": {"main": projector},
-            "instruct": {"main": projector + decoder, "vision": vision}}[stage]
+            "instruct": {"main": projector + decoder, "vision": vision},
+            "focus": {"main": projector + decoder, "vision": vision}}[stage]
 
 
 def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedule):
@@ -457,10 +476,10 @@ def train(args, tokenizer=None) -> SQLLaVA:
             else:
                 batch, vt = item
                 cand = None
-                if sched.sampled_negatives and not (name == "instruct" and step >= total * (1 - sched.full_softmax_tail)):
+                if sched.sampled_negatives and not (name in TUNING and step >= total * (1 - sched.full_softmax_tail)):
                     cand = candidates_for(world, batch.rest_ids[batch.labels], cfg.text.vocab_size,
                                           sched.sampled_negatives, args.seed * 1_000_003 + stage * 100_003 + step)
-                loss = lm_loss(model, batch, vision_grad=name == "instruct", candidates=cand,
+                loss = lm_loss(model, batch, vision_grad=name in TUNING, candidates=cand,
                                probe=probe if vt is not None else None, vision_targets=vt,
                                probe_weight=sched.probe_weight)
             opt.zero_grad(set_to_none=True)
@@ -487,7 +506,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
                         vl = [lm_loss(model, vb).item() for vb in (text_vals if name == "language" else vals)]
                     model.train()
                     print(f"[{name}] val loss v1 {vl[0]:.4f} v1_sq {vl[1]:.4f}", flush=True)
-                if name in ("vision", "instruct"):
+                if name in ("vision",) + TUNING:
                     print(f"[{name}] {probe_accuracy()}", flush=True)
             if time.time() - last_ckpt > args.ckpt_seconds or step == total:
                 elapsed += time.time() - t0
@@ -541,7 +560,8 @@ def main(argv=None):
         train(args)
     if args.export:
         from training.bundle import export_micro
-        export_micro(final, args.export)
+        export_micro(final, args.export,
+                     command=" ".join(["python3 -m training.train"] + list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

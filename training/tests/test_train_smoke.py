@@ -122,7 +122,7 @@ def test_training_command_runs_every_stage_and_resumes(tmp_path, capsys):
             "--sharp-pool", "8", "--threads", "1", "--workers", "1", "--log-every", "2", "--val-every", "3"]
     main(args)
     log = capsys.readouterr().out
-    for stage in ("vision", "language", "align", "instruct"):
+    for stage in ("vision", "language", "align", "instruct", "focus"):
         assert f"[{stage}] step" in log
         assert (out / f"{stage}.pt").exists()
     assert "probe on validation scenes: shape" in log
@@ -218,13 +218,16 @@ def test_language_stage_can_ask_one_question_per_scene(tok):
             assert text.count("ASSISTANT:") == 1 and "?" in text.split("ASSISTANT:")[0]
 
 
-def test_language_stage_can_hold_long_question_only_conversations(tok):
-    """`language_turns`: v1_sq batches become that many questions about the written-out scene, with
-    no description turn (every answer a lookup in the context)."""
+@pytest.mark.parametrize("stage", ["language", "focus"])
+def test_stages_can_hold_long_question_only_conversations(tok, stage):
+    """`language_turns` / `focus_turns`: v1_sq batches become that many questions about the scene
+    (written out, or an image), with no description turn (every answer a lookup)."""
     model = build_model("tiny", "full")
-    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0, language_turns=6), sharp=None)
-    batch, _ = data.lm_batch("language", 1, 3, 0.5)
+    sched = Schedule(p_sharp=0.0, language_turns=6, focus_turns=6)
+    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=sched, sharp=None)
+    batch, targets = data.lm_batch(stage, 1, 3, 0.5)
     assert batch.template == "v1_sq"
+    assert (batch.pixels is None) == (stage == "language") and (targets is None) == (stage == "language")
     for i in range(3):
         text = tok.decode(batch.rest_ids[i, :int(batch.rest_mask[i].sum())].tolist())
         assert text.count("ASSISTANT:") == 6
