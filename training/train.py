@@ -536,7 +536,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="micro")
     ap.add_argument("--variant", default="full", choices=["full", "no_sq", "no_proto"])
-    ap.add_argument("--schedule", default="full", choices=sorted(SCHEDULES))
+    ap.add_argument("--schedule", default="auto", choices=["auto"] + sorted(SCHEDULES),
+                    help="auto: gpu where --device resolves to a CUDA GPU, else full (2 CPU cores, ~2 h)")
     ap.add_argument("--out", default=None, help="run folder (default runs/micro-<variant>)")
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--sharp-pool", type=int, default=3000)
@@ -545,13 +546,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, cuda:1, ...")
-    ap.add_argument("--workers", type=int, default=1, help="processes rendering batches ahead of training (0: inline)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes rendering batches ahead of training (0: inline; default 1, on a GPU all cores but 3)")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--val-every", type=int, default=100)
     ap.add_argument("--ckpt-seconds", type=float, default=240)
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     ap.add_argument("--export", default=None, help="bundle folder to write at the end (e.g. models/sq-llava-micro)")
     args = ap.parse_args(argv)
+    on_gpu = pick_device(args.device).type == "cuda"
+    if args.schedule == "auto":
+        args.schedule = "gpu" if on_gpu else "full"
+    if args.workers is None:  # a GPU step takes milliseconds: rendering needs every spare core
+        args.workers = max(1, (os.cpu_count() or 4) - 3) if on_gpu else 1
     args.out = args.out or f"runs/micro-{args.variant}"
     final = os.path.join(args.out, "final.pt")
     if os.path.exists(final) and not args.fresh:
