@@ -98,6 +98,18 @@ export class Sequence {
     };
   }
 
+  /**
+   * Goes back to a snapshot taken earlier from this sequence, dropping what was appended and
+   * generated since. Cheap: the runner never writes a cache in place (each run returns new
+   * arrays), so the snapshot's cache is still the one it saw.
+   */
+  rewind(state: SequenceState): void {
+    this.tokens = [...state.tokens];
+    this.pending = state.pending.map((p) => (p.kind === 'text' ? { kind: 'text', ids: [...p.ids] } : p));
+    this.cache = state.cache;
+    this.lastLogits = state.lastLogits;
+  }
+
   /** Appends prompt pieces (text ids and/or the image) to be fed on the next run. */
   append(pieces: readonly PromptPiece[]): void {
     for (const p of pieces) {

@@ -206,6 +206,14 @@ export async function continueQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptio
   return runQuiz(ctx, seq, o, 0, false);
 }
 
+/** How many times a quiz question that repeats an earlier round's is sampled again. */
+const QUESTION_RETRIES = 3;
+
+/** Questions that differ only in case, spacing or end punctuation are the same question. */
+function sameQuestion(text: string): string {
+  return text.toLowerCase().replace(/\s+/g, ' ').replace(/[\s?.!]+$/, '').trim();
+}
+
 async function runQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptions, imageEncodeMs: number, describeFirst: boolean): Promise<QuizResult> {
   const t0 = performance.now();
   const tpl = ctx.manifest.templates.v1_sq;
@@ -217,7 +225,7 @@ async function runQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptions, imageEnc
   let generated = 0;
   let promptPositions = 0;
   const common = { repetitionGuard: o.repetitionGuard ?? ctx.repetitionGuard, shouldStop: o.shouldStop, signal: o.signal };
-  const step = async (task: GenerationTask, part: QuizEvent['part'], round: number, sampled: boolean) => {
+  const step = async (task: GenerationTask, part: QuizEvent['part'], round: number, sampled: boolean, stream = true) => {
     const spec = gen[task];
     const sampling: SamplingParams = sampled
       ? { temperature: spec.temperature, topK: spec.top_k, topP: spec.top_p, repetitionPenalty: spec.repetition_penalty }
@@ -227,7 +235,7 @@ async function runQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptions, imageEnc
       maxNewTokens: Math.min(spec.max_new_tokens, o.maxNewTokens ?? Infinity),
       sampling,
       rng: sampling.temperature > 0 ? rng : null,
-      onToken: o.onToken ? (ev) => o.onToken!({ ...ev, part, round }) : undefined,
+      onToken: o.onToken && stream ? (ev) => o.onToken!({ ...ev, part, round }) : undefined,
     });
     prefillMs += r.timings.prefillMs;
     decodeMs += r.timings.decodeMs;
@@ -238,6 +246,7 @@ async function runQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptions, imageEnc
 
   const d = describeFirst ? await step('describe', 'description', -1, false) : { text: '', finishReason: 'eos' as FinishReason };
   const rounds: QuizRound[] = [];
+  const asked = new Set<string>();
   let finish: FinishReason = d.finishReason;
   const stopped = (f: FinishReason) => f === 'cancelled' || f === 'context';
   for (let i = 0; i < o.rounds && !stopped(finish); i++) {
@@ -248,7 +257,18 @@ async function runQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptions, imageEnc
     }
     closeTurn(ctx, seq);
     seq.appendTokens(ctx.tokenizer.encode(vuserTurn(tpl)));
-    const q = await step('quiz_question', 'question', i, true);
+    // A question that repeats an earlier round's is sampled again from the same point, so each
+    // question is streamed whole once it is kept.
+    const before = seq.snapshot();
+    let q = await step('quiz_question', 'question', i, true, false);
+    for (let retry = 0; retry < QUESTION_RETRIES && !stopped(q.finishReason) && asked.has(sameQuestion(q.text)); retry++) {
+      seq.rewind(before);
+      q = await step('quiz_question', 'question', i, true, false);
+    }
+    asked.add(sameQuestion(q.text));
+    if (o.onToken && q.tokenIds.length) {
+      o.onToken({ text: q.text, tokenId: q.tokenIds[q.tokenIds.length - 1], index: q.tokenIds.length - 1, part: 'question', round: i });
+    }
     finish = q.finishReason;
     if (stopped(finish)) {
       rounds.push({ question: q.text.trim(), answer: '', questionFinish: q.finishReason, answerFinish: 'cancelled' });

@@ -99,16 +99,20 @@ describe('the bundled model on sharp-rendered SVG scenes', () => {
     expect(colour.stdout.toLowerCase()).toMatch(/\bred\b/);
   });
 
-  it('quiz describes the scene, then asks and answers questions about it', async () => {
-    const r = await curio(['--json', '--seed', '11', 'quiz', files.yellowStar, '--rounds', '2']);
+  it('quiz describes the scene, then asks and answers questions about it, never the same twice', async () => {
+    // Seed 11 samples "Which shape is to the right of the yellow star?" again in round 3: the
+    // quiz must sample that round's question anew.
+    const r = await curio(['--json', '--seed', '11', 'quiz', files.yellowStar, '--rounds', '4']);
     expect(r.code).toBe(0);
     const quiz = JSON.parse(r.stdout);
     expect(quiz.description.toLowerCase()).toMatch(/\byellow\b.*\bblack background|black background.*\byellow\b/);
-    expect(quiz.rounds).toHaveLength(2);
+    expect(quiz.rounds).toHaveLength(4);
     for (const round of quiz.rounds) {
       expect(round.question).toMatch(/\?$/);
       expect(round.answer.length).toBeGreaterThan(0);
     }
+    const asked = quiz.rounds.map((round: { question: string }) => round.question.toLowerCase());
+    expect(new Set(asked).size).toBe(asked.length);
   });
 
   it('an image from outside the world gets an answer, not an error', async () => {

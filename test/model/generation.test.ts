@@ -195,6 +195,21 @@ describe('conversation state', () => {
     expect(again.rounds).toEqual(q.rounds);
   });
 
+  test('a sequence rewound to a snapshot generates as if the later turns never happened', async () => {
+    const r = await engine.ask(image, 'What is this?', { maxNewTokens: 6 });
+    const seq = r.sequence;
+    const mark = seq.snapshot();
+    const first = await engine.chat(seq, 'And the bar?', { maxNewTokens: 6 });
+    const firstTokens = [...seq.tokens];
+    expect(firstTokens.length).toBeGreaterThan(mark.tokens.length);
+    seq.rewind(mark);
+    expect(seq.tokens).toEqual(mark.tokens);
+    expect(seq.cache).toBe(mark.cache);
+    const again = await engine.chat(seq, 'And the bar?', { maxNewTokens: 6 });
+    expect(again.text).toBe(first.text);
+    expect(seq.tokens).toEqual(firstTokens);
+  });
+
   test('context overflow is reported, not crashed', async () => {
     const long = 'word '.repeat(400);
     await expect(engine.ask(image, long)).rejects.toMatchObject({ code: 'context_full' });
