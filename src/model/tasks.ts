@@ -209,6 +209,21 @@ export async function continueQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptio
 /** How many times a quiz question that repeats an earlier round's is sampled again. */
 const QUESTION_RETRIES = 3;
 
+/** The questions of the `VUSER` turns already in a quiz sequence ("one more round" continues one). */
+function earlierQuestions(ctx: TaskContext, seq: Sequence): string[] {
+  const vuser = ctx.tokenizer.encode(vuserTurn(ctx.manifest.templates.v1_sq));
+  const eos = ctx.tokenizer.eosId;
+  const toks = seq.tokens;
+  const out: string[] = [];
+  for (let i = 0; i + vuser.length <= toks.length; i++) {
+    if (!vuser.every((v, j) => toks[i + j] === v)) continue;
+    let end = i + vuser.length;
+    while (end < toks.length && toks[end] !== eos) end++;
+    out.push(ctx.tokenizer.decode(toks.slice(i + vuser.length, end)));
+  }
+  return out;
+}
+
 /** Questions that differ only in case, spacing or end punctuation are the same question. */
 function sameQuestion(text: string): string {
   return text.toLowerCase().replace(/\s+/g, ' ').replace(/[\s?.!]+$/, '').trim();
@@ -246,7 +261,7 @@ async function runQuiz(ctx: TaskContext, seq: Sequence, o: QuizOptions, imageEnc
 
   const d = describeFirst ? await step('describe', 'description', -1, false) : { text: '', finishReason: 'eos' as FinishReason };
   const rounds: QuizRound[] = [];
-  const asked = new Set<string>();
+  const asked = new Set(earlierQuestions(ctx, seq).map(sameQuestion));
   let finish: FinishReason = d.finishReason;
   const stopped = (f: FinishReason) => f === 'cancelled' || f === 'context';
   for (let i = 0; i < o.rounds && !stopped(finish); i++) {
