@@ -246,28 +246,25 @@ class Data:
         return torch.stack(pix), patch_targets(scenes, self.cfg.vision.grid_size)
 
     def lm_batch(self, stage: str, step: int, bsz: int, sq_r: float) -> Tuple[Batch, Optional[PatchTargets]]:
-        """A batch of samples and, where instruct keeps the probe's loss on, its vision targets.
-        The language stage's scenes are text and are not rendered."""
+        """A batch of samples and, where instruct and focus keep the probe's loss on, its vision
+        targets. The language stage's scenes are text and are not rendered."""
         template = "v1" if stage == "align" or step % 2 == 0 else "v1_sq"
-        kind = stage
+        kind, how = stage, {}
         if stage == "language":  # a share of batches that are one question each (`v1`), the rest as instruct
             ask = step_rng(self.seed, "ask", step).random() < self.sched.language_ask
             kind, template = ("ask", "v1") if ask else ("instruct", template)
+            how = {"as_text": True, "n_turns": self.sched.language_turns or None}
+        elif stage == "focus":
+            kind, how = "instruct", {"n_turns": self.sched.focus_turns, "forms": self.sched.focus_forms}
         samples, pix = [], []
         for i in range(bsz):
             rng = step_rng(self.seed, STAGES.index(stage), step, i)
             if stage == "language":
                 s = scene_for("train", rng.randrange(40_000_000))
-                samples.append(make_sample(s, rng, kind, template, sq_r, as_text=True,
-                                           n_turns=self.sched.language_turns or None))
-                continue
-            s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
-            if stage == "focus":
-                samples.append(make_sample(s, rng, "instruct", template, sq_r, n_turns=self.sched.focus_turns,
-                                           forms=self.sched.focus_forms))
             else:
-                samples.append(make_sample(s, rng, kind, template, sq_r))
-            pix.append(p)
+                s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
+                pix.append(p)
+            samples.append(make_sample(s, rng, kind, template, sq_r, **how))
         targets = None
         if stage in TUNING and self.sched.probe_weight:
             targets = patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
@@ -554,7 +551,8 @@ def main(argv=None):
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     ap.add_argument("--export", default=None, help="bundle folder to write at the end (e.g. models/sq-llava-micro)")
     args = ap.parse_args(argv)
-    on_gpu = pick_device(args.device).type == "cuda"
+    args.device = str(pick_device(args.device))  # "auto" resolved once, for the schedule and train()
+    on_gpu = args.device.startswith("cuda")
     if args.schedule == "auto":
         args.schedule = "gpu" if on_gpu else "full"
     if args.workers is None:  # a GPU step takes milliseconds: rendering needs every spare core

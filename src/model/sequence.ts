@@ -60,10 +60,7 @@ export class Sequence {
 
   static restore(state: SequenceState): Sequence {
     const s = new Sequence(state.template, state.cache.layers.length, state.image);
-    s.tokens = [...state.tokens];
-    s.pending = state.pending.map((p) => (p.kind === 'text' ? { kind: 'text', ids: [...p.ids] } : p));
-    s.cache = state.cache;
-    s.lastLogits = state.lastLogits;
+    s.rewind(state);
     return s;
   }
 
