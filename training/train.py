@@ -108,8 +108,9 @@ class Schedule:
 
 SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
-    # the ablations' schedule when time is short (earlier stages shared with the main run)
-    "short": Schedule(instruct_steps=300),
+    # the ablations' schedule when time is short (earlier stages shared with the main run); a
+    # variant that must run its own align (no_proto) gets the gpu schedule's, as the others inherit
+    "short": Schedule(align_steps=300, align_batch=32, instruct_steps=300),
     # a CUDA GPU (about 10 minutes on one H200 with 13 rendering workers): the same stages, longer,
     # and focus -- the committed bundle
     "gpu": Schedule(vision_steps=4000, language_steps=3000, language_batch=32, language_turns=6, align_steps=300,

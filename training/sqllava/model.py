@@ -335,6 +335,9 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=False)
+        # diagnostics (training.lookup): keep the last forward's attention weights [B,H,T,P]
+        self.keep_attention = False
+        self.attention: Optional[torch.Tensor] = None
 
     def forward(self, x, cos, sin, mask, past: KV) -> Tuple[torch.Tensor, KV]:
         b, t, _ = x.shape
@@ -354,8 +357,10 @@ class LlamaAttention(nn.Module):
         # break on the empty first-step cache, ONNX Reshape reading a 0 as "copy this dim".)
         rep = c.num_heads // c.num_kv_heads
         qg = q.reshape(b, c.num_kv_heads, rep, t, c.head_dim)
-        att = (qg @ k.unsqueeze(2).transpose(-2, -1)) / math.sqrt(c.head_dim) + mask.unsqueeze(1)
-        y = (att.softmax(dim=-1) @ v.unsqueeze(2)).reshape(b, c.num_heads, t, c.head_dim)
+        att = ((qg @ k.unsqueeze(2).transpose(-2, -1)) / math.sqrt(c.head_dim) + mask.unsqueeze(1)).softmax(dim=-1)
+        if self.keep_attention:
+            self.attention = att.reshape(b, c.num_heads, t, -1)
+        y = (att @ v.unsqueeze(2)).reshape(b, c.num_heads, t, c.head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1)), present
 
 

@@ -1,0 +1,202 @@
+"""Where the decoder looks when it answers about one object: a diagnostic of the lookup.
+
+    /usr/bin/python3 -m training.lookup --model models/sq-llava-micro --scenes 150
+
+For questions about one object ("What color is the hexagon?"), on held-out scenes of two or
+more objects, with the reference answer given (teacher forcing):
+
+  answer right   every token of the reference answer is the model's argmax
+  own / other    each head's attention, at the position that predicts the answer's key word
+                 ("The hexagon is" -> colour), on the image tokens of the asked-about object and
+                 on those of the other objects; a head that looks the object up has own >> other,
+                 a head that looks at objects in general has own/other near their areas' ratio
+  asked (layer)  how well a linear probe reads the asked-about attribute at that position, at
+                 each layer's input (--probe): whether the query still knows what was asked
+
+Run 4's bundle (training/README.md) answers colour-of-a-shape questions only by chance: its
+heads spread over all objects, while shape-of-a-colour heads pick the object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from training.bundle import load_any
+from training.data import Sample, TextEncoder, collate, preprocess_image, v1_pieces
+from training.probe import patch_targets
+from training.sqllava.model import SQLLaVA
+from training.sqllava.tokenizer import LlamaTokenizer
+from training.world.language import Question, sample_question
+from training.world.render import render_augmented
+from training.world.scene import COLOURS, SHAPES, Scene, SceneObject, scene_for
+
+TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
+LOOKUP_FORMS = ("colour_of_shape", "shape_of_colour", "position", "size")
+
+
+def referent(scene: Scene, q: Question) -> SceneObject:
+    """The one object a question of LOOKUP_FORMS is about."""
+    if q.form == "colour_of_shape":
+        return scene.find(shape=q.slots["shape"])[0]
+    if q.form == "shape_of_colour":
+        return scene.find(colour=q.slots["colour"])[0]
+    colour, shape = q.slots["obj"].split(" ")
+    return scene.find(colour=colour, shape=shape)[0]
+
+
+def key_prefix(q: Question) -> str:
+    """The answer up to its key word: "The hexagon is", "The pink object is a", "... is at the"."""
+    start = q.answer.index(" is ")
+    return q.answer[:q.answer.index(q.key, start)].rstrip()
+
+
+@dataclass
+class LookupCase:
+    scene: Scene
+    question: Question
+    target: SceneObject
+    pixels: torch.Tensor
+
+
+def lookup_cases(form: str, n: int, size: int, start: int = 10_000) -> List[LookupCase]:
+    """`n` test scenes with two or more objects and a question of `form` about one of them."""
+    cases, i = [], start
+    while len(cases) < n:
+        scene = scene_for("test", i)
+        rng = random.Random(i)
+        i += 1
+        if len(scene.objects) < 2:
+            continue
+        try:
+            q = sample_question(scene, rng, form=form)
+        except (RuntimeError, ValueError):
+            continue
+        img = render_augmented(scene, rng, strength=0.0)
+        cases.append(LookupCase(scene, q, referent(scene, q), preprocess_image(img, size)))
+    return cases
+
+
+@dataclass
+class LookupReport:
+    form: str
+    n: int
+    answer_right: float
+    own: torch.Tensor  # [layers, heads] mean attention on the asked-about object's image tokens
+    other: torch.Tensor  # [layers, heads] ... on the other objects' image tokens
+    asked: Optional[List[float]] = None  # linear-probe accuracy of the asked attribute per layer input
+
+
+def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe: bool = False) -> LookupReport:
+    layers = [layer.self_attn for layer in model.model.layers]
+    grid = model.cfg.vision.grid_size
+    n_img = grid * grid
+    own = other = None
+    right, states, labels = 0, [], []
+    for m in layers:
+        m.keep_attention = True
+    try:
+        for case in cases:
+            q = case.question
+            first, pieces = v1_pieces(q.text, q.answer)
+            b = collate([Sample("v1", first, pieces, case.scene)], [case.pixels], enc)
+            at = len(enc.rest([("\n" + q.text + " ASSISTANT: " + key_prefix(q), False)])[0]) - 1
+            with torch.no_grad():
+                pre = model.embed(b.prefix_ids[None])
+                tp = pre.shape[1]
+                x = torch.cat([pre, model.encode_images(b.pixels), model.embed(b.rest_ids)], 1)
+                t = x.shape[1]
+                hidden: List[torch.Tensor] = []
+                hooks = [layer.register_forward_pre_hook(lambda _m, args: hidden.append(args[0][0]))
+                         for layer in model.model.layers] if probe else []
+                try:
+                    logits, _ = model.decode(x, torch.ones(1, t, dtype=torch.long), torch.arange(t)[None])
+                finally:
+                    for h in hooks:
+                        h.remove()
+            loss_at = tp + n_img - 1 + b.labels[0].nonzero().flatten()
+            right += bool((logits[0, loss_at].argmax(-1) == b.rest_ids[0, b.labels[0]]).all())
+            targets = patch_targets([case.scene], grid)
+            objects = targets.shape[0] != len(SHAPES)
+            mine = (targets.shape[0] == SHAPES.index(case.target.shape)) & \
+                   (targets.colour[0] == COLOURS.index(case.target.colour))
+            p = tp + n_img + at
+            att = torch.stack([m.attention[0, :, p, tp:tp + n_img] for m in layers])  # [L,H,N]
+            o, r = (att * mine).sum(-1), (att * (objects & ~mine)).sum(-1)
+            own = o if own is None else own + o
+            other = r if other is None else other + r
+            if probe:
+                states.append(torch.stack([h[p] for h in hidden]))
+                labels.append(asked_label(q))
+    finally:
+        for m in layers:
+            m.keep_attention, m.attention = False, None
+    n = len(cases)
+    asked = probe_accuracy(torch.stack(states), torch.tensor(labels)) if probe else None
+    return LookupReport(cases[0].question.form, n, right / n, own / n, other / n, asked)
+
+
+def asked_label(q: Question) -> int:
+    """The attribute the question names: the shape (colour_of_shape) or the colour (the others)."""
+    if q.form == "colour_of_shape":
+        return SHAPES.index(q.slots["shape"])
+    colour = q.slots["colour"] if q.form == "shape_of_colour" else q.slots["obj"].split(" ")[0]
+    return COLOURS.index(colour)
+
+
+def probe_accuracy(states: torch.Tensor, labels: torch.Tensor, train: float = 0.75, steps: int = 300) -> List[float]:
+    """Held-out accuracy of a linear probe per layer: `states` [N,L,H], `labels` [N]."""
+    n = int(len(labels) * train)
+    k = int(labels.max()) + 1
+    out = []
+    for layer in range(states.shape[1]):
+        x = states[:, layer]
+        x = (x - x[:n].mean(0)) / (x[:n].std(0) + 1e-5)
+        w = torch.zeros(x.shape[1], k, requires_grad=True)
+        bias = torch.zeros(k, requires_grad=True)
+        opt = torch.optim.Adam([w, bias], lr=0.05)
+        for _ in range(steps):
+            loss = F.cross_entropy(x[:n] @ w + bias, labels[:n]) + 1e-3 * (w ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out.append(((x[n:] @ w + bias).argmax(-1) == labels[n:]).float().mean().item())
+    return out
+
+
+def format_report(r: LookupReport) -> str:
+    lines = [f"{r.form}: answer right (teacher-forced) {r.answer_right * 100:.1f}% of {r.n}"]
+    for layer in range(r.own.shape[0]):
+        heads = "  ".join(f"h{h} {r.own[layer, h]:.2f}/{r.other[layer, h]:.2f}" for h in range(r.own.shape[1]))
+        lines.append(f"  layer {layer} own/other: {heads}")
+    if r.asked is not None:
+        lines.append("  asked attribute readable at layer inputs: " +
+                     " ".join(f"{a * 100:.0f}%" for a in r.asked))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/sq-llava-micro", help="bundle folder or training checkpoint")
+    ap.add_argument("--forms", nargs="+", default=list(LOOKUP_FORMS), choices=LOOKUP_FORMS)
+    ap.add_argument("--scenes", type=int, default=150)
+    ap.add_argument("--probe", action="store_true", help="also probe the asked attribute at each layer")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_any(args.model)
+    enc = TextEncoder(LlamaTokenizer.from_file(TOKENIZER_JSON))
+    for form in args.forms:
+        cases = lookup_cases(form, args.scenes, model.cfg.vision.image_size)
+        print(format_report(measure(model, enc, cases, probe=args.probe)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The lookup diagnostic: where an answer's key word is predicted, and what the heads look at there."""
+
+import random
+
+import pytest
+import torch
+
+from training.data import TextEncoder
+from training.lookup import LOOKUP_FORMS, format_report, key_prefix, lookup_cases, measure, referent
+from training.sqllava.tokenizer import LlamaTokenizer
+from training.train import build_model
+from training.world.language import sample_question
+from training.world.scene import scene_for
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return TextEncoder(LlamaTokenizer.from_file("training/assets/llama-tokenizer.json"))
+
+
+@pytest.mark.parametrize("form", LOOKUP_FORMS)
+def test_key_prefix_stops_right_before_the_answer_key_and_the_referent_is_the_asked_object(form):
+    for i in range(40):
+        scene = scene_for("test", i)
+        try:
+            q = sample_question(scene, random.Random(i), form=form)
+        except (RuntimeError, ValueError):
+            continue
+        prefix = key_prefix(q)
+        assert q.answer.startswith(prefix) and q.answer[len(prefix):].lstrip().startswith(q.key)
+        o = referent(scene, q)
+        assert o in scene.objects
+        if form == "colour_of_shape":
+            assert prefix == f"The {o.shape} is" and q.key == o.colour
+        elif form == "shape_of_colour":
+            assert q.key == o.shape and o.colour in q.text
+        else:
+            assert o.ref in q.text
+
+
+def test_attention_kept_for_diagnostics_is_a_distribution_and_changes_nothing():
+    torch.manual_seed(0)
+    model = build_model("tiny", "full").eval()
+    x = torch.randn(2, 5, model.cfg.text.hidden_size)
+    mask, pos = torch.ones(2, 5, dtype=torch.long), torch.arange(5)[None].expand(2, -1)
+    plain, _ = model.decode(x, mask, pos)
+    attn = model.model.layers[1].self_attn
+    attn.keep_attention = True
+    kept, _ = model.decode(x, mask, pos)
+    assert torch.equal(plain, kept)
+    a = attn.attention
+    assert a.shape == (2, model.cfg.text.num_heads, 5, 5)
+    assert torch.allclose(a.sum(-1), torch.ones(2, model.cfg.text.num_heads, 5))
+    assert (a.triu(1) == 0).all()  # causal
+
+
+def test_measure_reports_attention_shares_per_layer_and_head(enc):
+    torch.manual_seed(0)
+    model = build_model("tiny", "full").eval()
+    cases = lookup_cases("colour_of_shape", 6, model.cfg.vision.image_size)
+    assert all(len(c.scene.objects) >= 2 for c in cases)
+    r = measure(model, enc, cases, probe=True)
+    layers, heads = model.cfg.text.num_layers, model.cfg.text.num_heads
+    assert r.own.shape == (layers, heads) and r.other.shape == (layers, heads)
+    assert ((r.own >= 0) & (r.own + r.other <= 1 + 1e-5)).all()
+    assert r.answer_right == 0.0  # random weights do not answer
+    assert len(r.asked) == layers
+    assert all(not m.self_attn.keep_attention and m.self_attn.attention is None for m in model.model.layers)
+    assert "colour_of_shape: answer right (teacher-forced) 0.0% of 6" in format_report(r)
