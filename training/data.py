@@ -243,6 +243,7 @@ class Batch:
     labels: torch.Tensor  # [B,T] bool: token is a loss target
     template: str
     scenes: List[Scene]
+    lookup: Optional[list] = None  # training.grounding.LookupTarget per row (the lookup stage's questions)
 
 
 def collate(samples: List[Sample], pixels: List[torch.Tensor], enc: TextEncoder) -> Batch:

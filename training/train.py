@@ -20,6 +20,10 @@ Stages, in order (training/README.md explains what is frozen and why):
             trained, the probe's loss kept on so the ViT keeps what the vision stage taught it.
   focus     instruct continued (gpu schedule only) on conversations of six questions each, the
             forms a decoder gets wrong most drawn three times as often.
+  lookup    instruct continued (gpu_lookup schedule only), the ViT frozen, with two grounding
+            losses (training/grounding.py): half the batches are questions about one object whose
+            answer position is taught to attend to it, and the image tokens are pulled towards
+            their object's shape and colour words.
 
 Resumable: progress is checkpointed to runs/<name>/ckpt.pt every few minutes; rerunning the same
 command continues from it. Every batch is a pure function of (seed, stage, step).
@@ -43,15 +47,16 @@ import torch.nn.functional as F
 
 from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
                            scene_and_image, step_rng)
+from training.grounding import lookup_attention_loss, lookup_sample, word_align_loss, word_ids
 from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
 from training.sqllava.configs import PRESETS, config_to_dict
 from training.sqllava.model import SQLLaVA, SQLLaVAConfig, count_parameters
 from training.world.language import FORMS
 from training.world.render import render_augmented
-from training.world.scene import BIG_SIDE, sample_scene, scene_for
+from training.world.scene import BIG_SIDE, COLOURS, SHAPES, sample_scene, scene_for
 
 TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
-STAGES = ("vision", "language", "align", "instruct", "focus")
+STAGES = ("vision", "language", "align", "instruct", "focus", "lookup")
 # the two stages that fine-tune everything on images (instruct, then its dense continuation)
 TUNING = ("instruct", "focus")
 # the question forms a trained decoder gets wrong most (lookups keyed by shape, places): focus
@@ -86,6 +91,15 @@ class Schedule:
     focus_lr: float = 4e-4
     focus_turns: int = 6
     focus_forms: Tuple[str, ...] = tuple(FORMS) + HARD_FORMS * 2
+    # lookup: even steps are single questions about one object, whose key-word position's heads
+    # (the first KV group of `lookup_layer`) learn to attend to it, odd steps instruct's v1_sq
+    # conversations; every step pulls the image tokens towards their object's words (`word_align`)
+    lookup_steps: int = 0
+    lookup_batch: int = 16
+    lookup_lr: float = 4e-4
+    lookup_layer: int = 1
+    lookup_weight: float = 1.0
+    word_align: float = 1.0
     probe_weight: float = 0.5  # instruct, focus: the vision probe's loss kept on, so the ViT keeps its features
     vision_lr_scale: float = 0.3  # instruct, focus: the ViT moves slower than the rest
     warmup: int = 50
@@ -106,6 +120,11 @@ class Schedule:
         return getattr(self, f"{stage}_lr")
 
 
+# a CUDA GPU (about 10 minutes on one H200 with 13 rendering workers): the same stages, longer, and
+# focus -- the committed bundle
+GPU = Schedule(vision_steps=4000, language_steps=3000, language_batch=32, language_turns=6, align_steps=300,
+               align_batch=32, instruct_steps=2500, instruct_batch=32, focus_steps=1800, focus_batch=32)
+
 SCHEDULES: Dict[str, Schedule] = {
     "full": Schedule(),
     # the ablations' schedule when time is short (earlier stages shared with the main run); a
@@ -113,11 +132,15 @@ SCHEDULES: Dict[str, Schedule] = {
     "short": Schedule(align_steps=300, align_batch=32, instruct_steps=300),
     # a CUDA GPU (about 10 minutes on one H200 with 13 rendering workers): the same stages, longer,
     # and focus -- the committed bundle
-    "gpu": Schedule(vision_steps=4000, language_steps=3000, language_batch=32, language_turns=6, align_steps=300,
-                    align_batch=32, instruct_steps=2500, instruct_batch=32, focus_steps=1800, focus_batch=32),
+    "gpu": GPU,
+    # the next experiment (training/README.md): gpu, then lookup; `--init-from` a gpu run's focus.pt
+    # runs the lookup stage alone
+    "gpu_lookup": dataclasses.replace(GPU, lookup_steps=1500, lookup_batch=32),
+    # the lookup stage alone on a CPU, from a finished run's focus.pt (about 25 min on 2 cores)
+    "lookup_short": Schedule(lookup_steps=400),
     "smoke": Schedule(vision_steps=6, vision_batch=8, language_steps=4, language_batch=4, align_steps=4,
-                      align_batch=4, instruct_steps=6, instruct_batch=4, focus_steps=4, focus_batch=4, warmup=2,
-                      p_sharp=0.5),
+                      align_batch=4, instruct_steps=6, instruct_batch=4, focus_steps=4, focus_batch=4,
+                      lookup_steps=4, lookup_batch=4, warmup=2, p_sharp=0.5),
 }
 
 
@@ -195,6 +218,28 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
     return F.cross_entropy(logits, torch.searchsorted(candidates, targets)) + aux
 
 
+def lookup_stage_loss(model: SQLLaVA, batch: Batch, patches: PatchTargets, sched: Schedule,
+                      words: Tuple[List[List[int]], List[List[int]]]) -> torch.Tensor:
+    """The lookup stage: the exact next-token loss plus the grounding losses (training/grounding.py)
+    -- the lookup attention on batches of questions about one object, the word alignment on all."""
+    attn = model.model.layers[sched.lookup_layer].self_attn
+    attn.keep_attention = batch.lookup is not None
+    try:
+        loss = lm_loss(model, batch, vision_grad=False)
+        if batch.lookup is not None:
+            heads = range(model.cfg.text.num_heads // model.cfg.text.num_kv_heads)  # the first KV group
+            loss = loss + sched.lookup_weight * lookup_attention_loss(attn.attention, batch.lookup, patches,
+                                                                      len(batch.prefix_ids), heads)
+    finally:
+        attn.keep_attention, attn.attention = False, None
+    if sched.word_align:
+        with torch.no_grad():
+            feats = model.model.vision_tower(batch.pixels)
+        loss = loss + sched.word_align * word_align_loss(model.model.mm_projector(feats), patches,
+                                                         model.model.embed_tokens, *words)
+    return loss
+
+
 def world_vocabulary(enc: TextEncoder, n_scenes: int = 400) -> torch.Tensor:
     """Token ids of the world's language (captions, every phrasing, answers, templates)."""
     ids = set()
@@ -257,6 +302,10 @@ class Data:
             how = {"as_text": True, "n_turns": self.sched.language_turns or None}
         elif stage == "focus":
             kind, how = "instruct", {"n_turns": self.sched.focus_turns, "forms": self.sched.focus_forms}
+        elif stage == "lookup":
+            if step % 2 == 0:
+                return self.lookup_batch(step, bsz)
+            kind = "instruct"
         samples, pix = [], []
         for i in range(bsz):
             rng = step_rng(self.seed, STAGES.index(stage), step, i)
@@ -267,9 +316,27 @@ class Data:
                 pix.append(p)
             samples.append(make_sample(s, rng, kind, template, sq_r, **how))
         targets = None
-        if stage in TUNING and self.sched.probe_weight:
+        if (stage in TUNING and self.sched.probe_weight) or stage == "lookup":
             targets = patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
         return collate(samples, pix, self.enc), targets
+
+    def lookup_batch(self, step: int, bsz: int) -> Tuple[Batch, PatchTargets]:
+        """Single questions about one object each (`v1`), with where their answers look it up."""
+        samples, pix, lookup = [], [], []
+        for i in range(bsz):
+            rng = step_rng(self.seed, STAGES.index("lookup"), step, i)
+            while True:
+                s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
+                try:
+                    sample, target = lookup_sample(s, rng, self.enc)
+                    break
+                except RuntimeError:  # no question about one object applies (e.g. two hexagons)
+                    continue
+            samples.append(sample)
+            pix.append(p)
+            lookup.append(target)
+        batch = dataclasses.replace(collate(samples, pix, self.enc), lookup=lookup)
+        return batch, patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
 
 
 class StageBatches(torch.utils.data.Dataset):
@@ -342,7 +409,8 @@ def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str) -> Dict[st
             "language": {"main": decoder},
             "align": {"main": projector},
             "instruct": {"main": projector + decoder, "vision": vision},
-            "focus": {"main": projector + decoder, "vision": vision}}[stage]
+            "focus": {"main": projector + decoder, "vision": vision},
+            "lookup": {"main": projector + decoder}}[stage]
 
 
 def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedule):
@@ -409,6 +477,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
     text_vals = [to_device(b, dev) for b in val_batches(cfg, enc, sched.sq_r, n=n_val, text=True)]
     val_pix, val_targets = to_device(val_vision(cfg, 16 if args.schedule == "smoke" else 200), dev)
     world = world_vocabulary(enc, 20 if args.schedule == "smoke" else 400).to(dev)
+    words = (word_ids(enc, SHAPES), word_ids(enc, COLOURS))
     print(f"[train] world vocabulary: {len(world)} token ids", flush=True)
 
     stage, step, elapsed = 0, 0, 0.0
@@ -471,6 +540,9 @@ def train(args, tokenizer=None) -> SQLLaVA:
             if name == "vision":
                 pix, vt = item
                 loss = probe_loss(probe(model.model.vision_tower(pix)), vt)
+            elif name == "lookup":
+                batch, vt = item
+                loss = lookup_stage_loss(model, batch, vt, sched, words)
             else:
                 batch, vt = item
                 cand = None

@@ -122,7 +122,7 @@ def test_training_command_runs_every_stage_and_resumes(tmp_path, capsys):
             "--sharp-pool", "8", "--threads", "1", "--workers", "1", "--log-every", "2", "--val-every", "3"]
     main(args)
     log = capsys.readouterr().out
-    for stage in ("vision", "language", "align", "instruct", "focus"):
+    for stage in ("vision", "language", "align", "instruct", "focus", "lookup"):
         assert f"[{stage}] step" in log
         assert (out / f"{stage}.pt").exists()
     assert "probe on validation scenes: shape" in log
@@ -247,3 +247,46 @@ def test_batches_and_targets_move_to_the_training_device(tok):
             if isinstance(v, torch.Tensor):
                 assert v.device.type == "meta", name
     assert batch.scenes and targets.objects and batch.template in ("v1", "v1_sq")
+
+
+def test_lookup_stage_batches_and_losses(tok):
+    """lookup: even steps are questions about one object with where each answer's key word is
+    predicted; the attention loss falls to ~0 when the heads look only at that object, and the
+    word alignment is small when the image tokens are their object's words."""
+    from training.grounding import lookup_attention_loss, word_align_loss, word_ids
+    from training.world.scene import COLOURS, SHAPES
+    model = build_model("tiny", "full")
+    enc = TextEncoder(tok)
+    data = Data(model.cfg, enc, seed=0, sched=Schedule(p_sharp=0.0), sharp=None)
+    batch, patches = data.lm_batch("lookup", 0, 3, 0.5)
+    assert batch.template == "v1" and len(batch.lookup) == 3 and patches is not None
+    for i, t in enumerate(batch.lookup):
+        before = tok.decode(batch.rest_ids[i, :t.at + 1].tolist())
+        key = tok.decode(batch.rest_ids[i, t.at + 1:int(batch.rest_mask[i].sum())].tolist())
+        assert " is" in before.split("ASSISTANT:")[1]
+        assert key.split()[0].strip(".") in COLOURS + SHAPES + ["big", "small", "top", "bottom", "left", "right",
+                                                              "center"]
+    odd, _ = data.lm_batch("lookup", 1, 3, 0.5)
+    assert odd.template == "v1_sq" and odd.lookup is None
+    # attention that sits on each asked-about object's tokens, or spreads evenly
+    n, tp = patches.shape.shape[1], len(batch.prefix_ids)
+    t = batch.rest_ids.shape[1]
+    own = torch.stack([(patches.shape[i] == lt.shape) & (patches.colour[i] == lt.colour)
+                       for i, lt in enumerate(batch.lookup)]).float()
+    att = torch.full((3, 4, n + t, tp + n + t), 1.0 / (tp + n + t))
+    spread = lookup_attention_loss(att, batch.lookup, patches, tp, [0, 1])
+    for i, lt in enumerate(batch.lookup):
+        att[i, :, n + lt.at] = 0
+        att[i, :, n + lt.at, tp:tp + n] = own[i] / own[i].sum()
+    assert lookup_attention_loss(att, batch.lookup, patches, tp, [0, 1]) < 1e-5 < spread
+    # image tokens that are their object's shape word + colour word
+    emb = model.model.embed_tokens
+    shapes, colours = word_ids(enc, SHAPES), word_ids(enc, COLOURS)
+    w = lambda ids: emb.weight[ids].mean(0)  # noqa: E731
+    tokens = torch.randn(3, n, emb.weight.shape[1])
+    for i in range(3):
+        for j in range(n):
+            if patches.shape[i, j] < len(SHAPES):
+                tokens[i, j] = w(shapes[patches.shape[i, j]]) + w(colours[patches.colour[i, j]])
+    assert word_align_loss(tokens, patches, emb, shapes, colours) < word_align_loss(
+        torch.randn_like(tokens), patches, emb, shapes, colours)

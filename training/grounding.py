@@ -1,0 +1,91 @@
+"""Two training signals that teach the decoder to look an object up by what it is (the `lookup` stage).
+
+Run 4's decoder answers "What color is the hexagon?" by chance although the image tokens carry
+each patch's shape and the answer position knows the asked shape (training/lookup.py measures
+both): its heads spread over all objects. Billion-scale pretraining gives a real LLaVA this
+grounding; at micro scale it is taught directly:
+
+- **lookup attention**: for a single question about one object, the heads of one KV group in
+  one layer, at the position that predicts the answer's key word ("The hexagon is" -> colour),
+  are asked to put their attention on that object's image tokens (-log of the share they do);
+- **word alignment**: each projected image token of an object is pulled towards the word
+  embeddings of its object's shape and colour (a cosine softmax over the world's shapes and
+  colours), so that a word in the question and the object in the image share a direction.
+
+Neither changes the model or its export; both are losses beside the next-token loss.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from training.data import Sample, TextEncoder, v1_pieces
+from training.lookup import LOOKUP_FORMS, key_prefix, referent
+from training.probe import NONE, PatchTargets
+from training.world.language import sample_question
+from training.world.scene import COLOURS, SHAPES, Scene
+
+WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
+
+
+@dataclass
+class LookupTarget:
+    at: int  # index in the sample's rest tokens of the position that predicts the key word
+    shape: int  # the asked-about object
+    colour: int
+
+
+def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder) -> Tuple[Sample, LookupTarget]:
+    """A single question (`v1`) of LOOKUP_FORMS about one object of `scene`; raises RuntimeError
+    when none applies."""
+    q = sample_question(scene, rng, forms=LOOKUP_FORMS)
+    first, pieces = v1_pieces(q.text, q.answer)
+    at = len(enc.rest([("\n" + q.text + " ASSISTANT: " + key_prefix(q), False)])[0]) - 1
+    o = referent(scene, q)
+    return Sample("v1", first, pieces, scene), LookupTarget(at, SHAPES.index(o.shape), COLOURS.index(o.colour))
+
+
+def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarget], patches: PatchTargets,
+                          prefix_len: int, heads: Sequence[int]) -> torch.Tensor:
+    """-log of the attention share on the asked-about object's image tokens.
+
+    `attention` [B,H,T,P] is one layer's, kept by `lm_loss`'s decode over [image tokens, rest]
+    after the shared prefix: the query of rest token r is row n + r, image token j is key
+    prefix_len + j.
+    """
+    b = attention.shape[0]
+    n = patches.shape.shape[1]
+    at = torch.tensor([n + t.at for t in targets], device=attention.device)
+    rows = attention[torch.arange(b, device=attention.device), :, at]  # [B,H,P]
+    img = rows[:, list(heads), prefix_len:prefix_len + n]  # [B,h,N]
+    shape = torch.tensor([t.shape for t in targets], device=attention.device)[:, None]
+    colour = torch.tensor([t.colour for t in targets], device=attention.device)[:, None]
+    own = (patches.shape.to(attention.device) == shape) & (patches.colour.to(attention.device) == colour)
+    share = (img * own[:, None]).sum(-1)
+    return -share.clamp_min(1e-6).log().mean()
+
+
+def word_ids(enc: TextEncoder, words: Sequence[str]) -> List[List[int]]:
+    """Token ids of each word as it appears inside a sentence (after a space)."""
+    return [enc.rest([(" " + w, False)])[0] for w in words]
+
+
+def word_align_loss(image_tokens: torch.Tensor, patches: PatchTargets, embed: torch.nn.Embedding,
+                    shapes: List[List[int]], colours: List[List[int]]) -> torch.Tensor:
+    """Cross-entropy of each object token's cosine to the world's shape words and colour words."""
+    dev = image_tokens.device
+
+    def words(ids: List[List[int]]) -> torch.Tensor:  # mean embedding of each word's tokens, fixed
+        return torch.stack([embed.weight[torch.tensor(w, device=dev)].mean(0) for w in ids]).detach()
+
+    z = F.normalize(image_tokens, dim=-1)
+    by_shape = WORD_SCALE * z @ F.normalize(words(shapes), dim=-1).t()
+    by_colour = WORD_SCALE * z @ F.normalize(words(colours), dim=-1).t()
+    shape = patches.shape.to(dev).masked_fill(patches.shape.to(dev) == NONE, -100)
+    return (F.cross_entropy(by_shape.flatten(0, 1), shape.flatten())
+            + F.cross_entropy(by_colour.flatten(0, 1), patches.colour.to(dev).flatten()))
