@@ -92,8 +92,9 @@ class Schedule:
     focus_turns: int = 6
     focus_forms: Tuple[str, ...] = tuple(FORMS) + HARD_FORMS * 2
     # lookup: even steps are single questions about one object, whose key-word position's heads
-    # (the first KV group of `lookup_layer`) learn to attend to it, odd steps instruct's v1_sq
-    # conversations; every step pulls the image tokens towards their object's words (`word_align`)
+    # (the first KV group of `lookup_layer`) learn to attend to it, odd steps instruct's batches
+    # (v1 and v1_sq in turn, so captions stay trained); every step pulls the image tokens towards
+    # their object's words (`word_align`)
     lookup_steps: int = 0
     lookup_batch: int = 16
     lookup_lr: float = 4e-4
@@ -302,10 +303,10 @@ class Data:
             how = {"as_text": True, "n_turns": self.sched.language_turns or None}
         elif stage == "focus":
             kind, how = "instruct", {"n_turns": self.sched.focus_turns, "forms": self.sched.focus_forms}
-        elif stage == "lookup":
+        elif stage == "lookup":  # lookup questions, then instruct's v1 and v1_sq batches in turn
             if step % 2 == 0:
                 return self.lookup_batch(step, bsz)
-            kind = "instruct"
+            kind, template = "instruct", "v1" if step % 4 == 1 else "v1_sq"
         samples, pix = [], []
         for i in range(bsz):
             rng = step_rng(self.seed, STAGES.index(stage), step, i)

@@ -266,8 +266,8 @@ def test_lookup_stage_batches_and_losses(tok):
         assert " is" in before.split("ASSISTANT:")[1]
         assert key.split()[0].strip(".") in COLOURS + SHAPES + ["big", "small", "top", "bottom", "left", "right",
                                                               "center"]
-    odd, _ = data.lm_batch("lookup", 1, 3, 0.5)
-    assert odd.template == "v1_sq" and odd.lookup is None
+    assert [data.lm_batch("lookup", k, 2, 0.5)[0].template for k in (1, 3)] == ["v1", "v1_sq"]
+    assert data.lm_batch("lookup", 1, 2, 0.5)[0].lookup is None
     # attention that sits on each asked-about object's tokens, or spreads evenly
     n, tp = patches.shape.shape[1], len(batch.prefix_ids)
     t = batch.rest_ids.shape[1]
