@@ -137,7 +137,7 @@ SCHEDULES: Dict[str, Schedule] = {
     # the next experiment (training/README.md): gpu, then lookup; `--init-from` a gpu run's focus.pt
     # runs the lookup stage alone
     "gpu_lookup": dataclasses.replace(GPU, lookup_steps=1500, lookup_batch=32),
-    # the lookup stage alone on a CPU, from a finished run's focus.pt (about 25 min on 2 cores)
+    # the lookup stage alone on a CPU, from a finished run's focus.pt (17 min on 2 cores)
     "lookup_short": Schedule(lookup_steps=400),
     "smoke": Schedule(vision_steps=6, vision_batch=8, language_steps=4, language_batch=4, align_steps=4,
                       align_batch=4, instruct_steps=6, instruct_batch=4, focus_steps=4, focus_batch=4,
