@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import Sample, TextEncoder, v1_pieces
-from training.lookup import LOOKUP_FORMS, key_prefix, referent
+from training.lookup import LOOKUP_FORMS, key_position, object_patches, referent
 from training.probe import NONE, PatchTargets
 from training.world.language import sample_question
 from training.world.scene import COLOURS, SHAPES, Scene
@@ -45,9 +45,9 @@ def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder) -> Tuple[S
     when none applies."""
     q = sample_question(scene, rng, forms=LOOKUP_FORMS)
     first, pieces = v1_pieces(q.text, q.answer)
-    at = len(enc.rest([("\n" + q.text + " ASSISTANT: " + key_prefix(q), False)])[0]) - 1
     o = referent(scene, q)
-    return Sample("v1", first, pieces, scene), LookupTarget(at, SHAPES.index(o.shape), COLOURS.index(o.colour))
+    return Sample("v1", first, pieces, scene), LookupTarget(key_position(enc, q), SHAPES.index(o.shape),
+                                                           COLOURS.index(o.colour))
 
 
 def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarget], patches: PatchTargets,
@@ -63,9 +63,9 @@ def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarge
     at = torch.tensor([n + t.at for t in targets], device=attention.device)
     rows = attention[torch.arange(b, device=attention.device), :, at]  # [B,H,P]
     img = rows[:, list(heads), prefix_len:prefix_len + n]  # [B,h,N]
-    shape = torch.tensor([t.shape for t in targets], device=attention.device)[:, None]
-    colour = torch.tensor([t.colour for t in targets], device=attention.device)[:, None]
-    own = (patches.shape.to(attention.device) == shape) & (patches.colour.to(attention.device) == colour)
+    shape = torch.tensor([t.shape for t in targets])[:, None]
+    colour = torch.tensor([t.colour for t in targets])[:, None]
+    own = object_patches(patches, shape, colour).to(attention.device)
     share = (img * own[:, None]).sum(-1)
     return -share.clamp_min(1e-6).log().mean()
 
@@ -86,6 +86,6 @@ def word_align_loss(image_tokens: torch.Tensor, patches: PatchTargets, embed: to
     z = F.normalize(image_tokens, dim=-1)
     by_shape = WORD_SCALE * z @ F.normalize(words(shapes), dim=-1).t()
     by_colour = WORD_SCALE * z @ F.normalize(words(colours), dim=-1).t()
-    shape = patches.shape.to(dev).masked_fill(patches.shape.to(dev) == NONE, -100)
+    shape = patches.shape.masked_fill(patches.shape == NONE, -100).to(dev)
     return (F.cross_entropy(by_shape.flatten(0, 1), shape.flatten())
             + F.cross_entropy(by_colour.flatten(0, 1), patches.colour.to(dev).flatten()))

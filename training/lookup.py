@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from training.bundle import load_any
 from training.data import Sample, TextEncoder, collate, preprocess_image, v1_pieces
-from training.probe import patch_targets
+from training.probe import PatchTargets, patch_targets
 from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
 from training.world.language import Question, sample_question
@@ -54,6 +54,16 @@ def key_prefix(q: Question) -> str:
     """The answer up to its key word: "The hexagon is", "The pink object is a", "... is at the"."""
     start = q.answer.index(" is ")
     return q.answer[:q.answer.index(q.key, start)].rstrip()
+
+
+def key_position(enc: TextEncoder, q: Question) -> int:
+    """Index, in a `v1` sample's rest tokens, of the position that predicts the answer's key word."""
+    return len(enc.rest([("\n" + q.text + " ASSISTANT: " + key_prefix(q), False)])[0]) - 1
+
+
+def object_patches(patches: PatchTargets, shape, colour) -> torch.Tensor:
+    """Which patch tokens belong to the object of `shape` and `colour` (indices, or [B,1] tensors)."""
+    return (patches.shape == shape) & (patches.colour == colour)
 
 
 @dataclass
@@ -105,7 +115,7 @@ def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe
             q = case.question
             first, pieces = v1_pieces(q.text, q.answer)
             b = collate([Sample("v1", first, pieces, case.scene)], [case.pixels], enc)
-            at = len(enc.rest([("\n" + q.text + " ASSISTANT: " + key_prefix(q), False)])[0]) - 1
+            at = key_position(enc, q)
             with torch.no_grad():
                 pre = model.embed(b.prefix_ids[None])
                 tp = pre.shape[1]
@@ -123,8 +133,7 @@ def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe
             right += bool((logits[0, loss_at].argmax(-1) == b.rest_ids[0, b.labels[0]]).all())
             targets = patch_targets([case.scene], grid)
             objects = targets.shape[0] != len(SHAPES)
-            mine = (targets.shape[0] == SHAPES.index(case.target.shape)) & \
-                   (targets.colour[0] == COLOURS.index(case.target.colour))
+            mine = object_patches(targets, SHAPES.index(case.target.shape), COLOURS.index(case.target.colour))[0]
             p = tp + n_img + at
             att = torch.stack([m.attention[0, :, p, tp:tp + n_img] for m in layers])  # [L,H,N]
             o, r = (att * mine).sum(-1), (att * (objects & ~mine)).sum(-1)

@@ -39,7 +39,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -166,15 +166,16 @@ def build_model(preset: str, variant: str) -> SQLLaVA:
 
 
 def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: Optional[torch.Tensor] = None,
-            probe: Optional[PatchProbe] = None, vision_targets: Optional[PatchTargets] = None, probe_weight: float = 0.0
-            ) -> torch.Tensor:
+            probe: Optional[PatchProbe] = None, vision_targets: Optional[PatchTargets] = None, probe_weight: float = 0.0,
+            image_loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """Next-token loss on the batch's target tokens (after the image's tokens, or after nothing
     but the shared first chunk when the batch's scenes are text).
 
     `candidates` (sorted token ids, holding every target) restricts the softmax to those rows of
     lm_head -- a sampled softmax (the world's words plus random negatives) that cuts the
     32,000-way projection, the largest cost of a step; None is the exact full-vocabulary loss.
-    With `probe`, the vision probe's loss on the same images is added with `probe_weight`.
+    With `probe`, the vision probe's loss on the same images is added with `probe_weight`;
+    `image_loss`, given the projected image tokens, adds its own.
     """
     b, t = batch.rest_ids.shape
     dev = batch.rest_ids.device
@@ -193,6 +194,8 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
         img = model.model.mm_projector(feats)
         if probe is not None:
             aux = probe_weight * probe_loss(probe(feats), vision_targets)
+        if image_loss is not None:
+            aux = aux + image_loss(img)
     n = img.shape[1]
     emb = torch.cat([img, model.embed(batch.rest_ids)], dim=1)
     am = torch.cat([torch.ones(b, tp + n, dtype=torch.long, device=dev), batch.rest_mask], dim=1)
@@ -225,19 +228,17 @@ def lookup_stage_loss(model: SQLLaVA, batch: Batch, patches: PatchTargets, sched
     -- the lookup attention on batches of questions about one object, the word alignment on all."""
     attn = model.model.layers[sched.lookup_layer].self_attn
     attn.keep_attention = batch.lookup is not None
+    aligned = None
+    if sched.word_align:
+        aligned = lambda img: sched.word_align * word_align_loss(img, patches, model.model.embed_tokens, *words)  # noqa: E731
     try:
-        loss = lm_loss(model, batch, vision_grad=False)
+        loss = lm_loss(model, batch, vision_grad=False, image_loss=aligned)
         if batch.lookup is not None:
             heads = range(model.cfg.text.num_heads // model.cfg.text.num_kv_heads)  # the first KV group
             loss = loss + sched.lookup_weight * lookup_attention_loss(attn.attention, batch.lookup, patches,
                                                                       len(batch.prefix_ids), heads)
     finally:
         attn.keep_attention, attn.attention = False, None
-    if sched.word_align:
-        with torch.no_grad():
-            feats = model.model.vision_tower(batch.pixels)
-        loss = loss + sched.word_align * word_align_loss(model.model.mm_projector(feats), patches,
-                                                         model.model.embed_tokens, *words)
     return loss
 
 
