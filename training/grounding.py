@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,8 @@ def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarge
     at = torch.tensor([n + t.at for t in targets], device=attention.device)
     rows = attention[torch.arange(b, device=attention.device), :, at]  # [B,H,P]
     img = rows[:, list(heads), prefix_len:prefix_len + n]  # [B,h,N]
-    shape = torch.tensor([t.shape for t in targets])[:, None]
-    colour = torch.tensor([t.colour for t in targets])[:, None]
+    shape = torch.tensor([t.shape for t in targets], device=patches.shape.device)[:, None]
+    colour = torch.tensor([t.colour for t in targets], device=patches.shape.device)[:, None]
     own = object_patches(patches, shape, colour).to(attention.device)
     share = (img * own[:, None]).sum(-1)
     return -share.clamp_min(1e-6).log().mean()
@@ -76,8 +76,10 @@ def word_ids(enc: TextEncoder, words: Sequence[str]) -> List[List[int]]:
 
 
 def word_align_loss(image_tokens: torch.Tensor, patches: PatchTargets, embed: torch.nn.Embedding,
-                    shapes: List[List[int]], colours: List[List[int]]) -> torch.Tensor:
-    """Cross-entropy of each object token's cosine to the world's shape words and colour words."""
+                    shapes: List[List[int]], colours: List[List[int]],
+                    cells: Optional[List[List[int]]] = None) -> torch.Tensor:
+    """Cross-entropy of each object token's cosine to the world's shape words and colour words,
+    and with `cells` (the grid positions' words, "top left" ...) to its place's words too."""
     dev = image_tokens.device
 
     def words(ids: List[List[int]]) -> torch.Tensor:  # mean embedding of each word's tokens, fixed
@@ -87,5 +89,9 @@ def word_align_loss(image_tokens: torch.Tensor, patches: PatchTargets, embed: to
     by_shape = WORD_SCALE * z @ F.normalize(words(shapes), dim=-1).t()
     by_colour = WORD_SCALE * z @ F.normalize(words(colours), dim=-1).t()
     shape = patches.shape.masked_fill(patches.shape == NONE, -100).to(dev)
-    return (F.cross_entropy(by_shape.flatten(0, 1), shape.flatten())
+    loss = (F.cross_entropy(by_shape.flatten(0, 1), shape.flatten())
             + F.cross_entropy(by_colour.flatten(0, 1), patches.colour.to(dev).flatten()))
+    if cells is not None:
+        by_cell = WORD_SCALE * z @ F.normalize(words(cells), dim=-1).t()
+        loss = loss + F.cross_entropy(by_cell.flatten(0, 1), patches.cell.to(dev).flatten())
+    return loss

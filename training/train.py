@@ -53,7 +53,7 @@ from training.sqllava.configs import PRESETS, config_to_dict
 from training.sqllava.model import SQLLaVA, SQLLaVAConfig, count_parameters
 from training.world.language import FORMS
 from training.world.render import render_augmented
-from training.world.scene import BIG_SIDE, COLOURS, SHAPES, sample_scene, scene_for
+from training.world.scene import BIG_SIDE, COLOURS, POSITIONS, SHAPES, sample_scene, scene_for
 
 TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
 STAGES = ("vision", "language", "align", "instruct", "focus", "lookup")
@@ -101,6 +101,7 @@ class Schedule:
     lookup_layer: int = 1
     lookup_weight: float = 1.0
     word_align: float = 1.0
+    word_align_cell: bool = False  # the word alignment also pulls each object token towards its grid place's words
     probe_weight: float = 0.5  # instruct, focus: the vision probe's loss kept on, so the ViT keeps its features
     vision_lr_scale: float = 0.3  # instruct, focus: the ViT moves slower than the rest
     warmup: int = 50
@@ -223,7 +224,7 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
 
 
 def lookup_stage_loss(model: SQLLaVA, batch: Batch, patches: PatchTargets, sched: Schedule,
-                      words: Tuple[List[List[int]], List[List[int]]]) -> torch.Tensor:
+                      words: Tuple[List[List[int]], ...]) -> torch.Tensor:
     """The lookup stage: the exact next-token loss plus the grounding losses (training/grounding.py)
     -- the lookup attention on batches of questions about one object, the word alignment on all."""
     attn = model.model.layers[sched.lookup_layer].self_attn
@@ -479,7 +480,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
     text_vals = [to_device(b, dev) for b in val_batches(cfg, enc, sched.sq_r, n=n_val, text=True)]
     val_pix, val_targets = to_device(val_vision(cfg, 16 if args.schedule == "smoke" else 200), dev)
     world = world_vocabulary(enc, 20 if args.schedule == "smoke" else 400).to(dev)
-    words = (word_ids(enc, SHAPES), word_ids(enc, COLOURS))
+    words = (word_ids(enc, SHAPES), word_ids(enc, COLOURS)) + ((word_ids(enc, POSITIONS),) if sched.word_align_cell else ())
     print(f"[train] world vocabulary: {len(world)} token ids", flush=True)
 
     stage, step, elapsed = 0, 0, 0.0

@@ -254,7 +254,7 @@ def test_lookup_stage_batches_and_losses(tok):
     predicted; the attention loss falls to ~0 when the heads look only at that object, and the
     word alignment is small when the image tokens are their object's words."""
     from training.grounding import lookup_attention_loss, word_align_loss, word_ids
-    from training.world.scene import COLOURS, SHAPES
+    from training.world.scene import COLOURS, POSITIONS, SHAPES
     model = build_model("tiny", "full")
     enc = TextEncoder(tok)
     data = Data(model.cfg, enc, seed=0, sched=Schedule(p_sharp=0.0), sharp=None)
@@ -290,3 +290,12 @@ def test_lookup_stage_batches_and_losses(tok):
                 tokens[i, j] = w(shapes[patches.shape[i, j]]) + w(colours[patches.colour[i, j]])
     assert word_align_loss(tokens, patches, emb, shapes, colours) < word_align_loss(
         torch.randn_like(tokens), patches, emb, shapes, colours)
+    # with the grid places' words: lower when the tokens also carry their place's words
+    cells = word_ids(enc, POSITIONS)
+    placed = tokens.clone()
+    for i in range(3):
+        for j in range(n):
+            if patches.shape[i, j] < len(SHAPES):
+                placed[i, j] += w(cells[patches.cell[i, j]])
+    assert word_align_loss(placed, patches, emb, shapes, colours, cells) < word_align_loss(
+        tokens, patches, emb, shapes, colours, cells)
