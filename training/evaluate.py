@@ -350,7 +350,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", action="append", default=None,
                     help="NAME=PATH (bundle or checkpoint); default: the two ablation runs under runs/ if present")
     ap.add_argument("--scenes", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="questions' and self-questions' sampling (same scenes)")
+    ap.add_argument("--first-scene", type=int, default=0,
+                    help="index of the first test scene: another offset gives other scenes, e.g. to choose a setting on "
+                         "one set and report it on another")
     ap.add_argument("--clean", action="store_true", help="no augmentation of the test renders")
     ap.add_argument("--renderer", default="pil", choices=["pil", "sharp"],
                     help="pil: the PIL renderer; sharp: SVG rasterised by sharp/librsvg")
@@ -380,9 +383,9 @@ def main(argv=None) -> int:
         if not __import__("os").path.isdir(path):
             model = fp16_rounded(model)
         if images is None:
-            scenes, images = test_images(args.scenes, model.cfg.vision.image_size, augment=not args.clean,
-                                         renderer=args.renderer)
-            print(f"[eval] {args.scenes} test scenes (seeds from the test range, never trained on; "
+            scenes, images = test_images(args.scenes, model.cfg.vision.image_size, seed_offset=args.first_scene,
+                                         augment=not args.clean, renderer=args.renderer)
+            print(f"[eval] {args.scenes} test scenes from #{args.first_scene} (seeds from the test range, never trained on; "
                   f"renderer {args.renderer}{', augmented' if not args.clean else ''})", flush=True)
         print(f"[eval] {name}", flush=True)
         contexts = [scene_text(sc, random.Random(i)) for i, sc in enumerate(scenes)] if args.text else None

@@ -139,6 +139,28 @@ def test_training_command_runs_every_stage_and_resumes(tmp_path, capsys):
     assert (abl / "final.pt").exists()
 
 
+def test_lookup_keep_ends_between_before_and_after_the_stage(tmp_path, monkeypatch):
+    """`lookup_keep`: the final weights are that share of the way from the weights the lookup
+    stage started from to those it ended with (lookup.pt)."""
+    import dataclasses
+    from training import train as T
+    from training.sqllava.configs import config_to_dict
+    model = T.build_model("tiny", "full")
+    init = tmp_path / "focus.pt"
+    torch.save({"model": model.state_dict(), "config": config_to_dict(model.cfg),
+                "next_stage": T.STAGES.index("lookup")}, init)
+    monkeypatch.setitem(T.SCHEDULES, "keep", dataclasses.replace(T.SCHEDULES["smoke"], lookup_keep=0.25))
+    out = tmp_path / "run"
+    T.main(["--preset", "tiny", "--schedule", "keep", "--init-from", str(init), "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    before, after = model.state_dict(), torch.load(out / "lookup.pt")["model"]
+    final = torch.load(out / "final.pt")["model"]
+    moved = [k for k in final if not torch.equal(before[k], after[k])]
+    assert moved  # the stage trained something
+    for k in final:
+        torch.testing.assert_close(final[k], before[k] + 0.25 * (after[k] - before[k]))
+
+
 def _manual_loss(model, batch, row_embeddings):
     """Cross-entropy of each labelled token, from one plain forward pass per unpadded row."""
     losses = []
