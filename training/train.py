@@ -141,7 +141,7 @@ SCHEDULES: Dict[str, Schedule] = {
     "gpu": GPU,
     # gpu, then lookup (training/README.md, session 6: colour of a shape 58.9 -> 95.3%, captions
     # 91 -> 86.5%); `--init-from` a gpu run's focus.pt runs the lookup stage alone
-    "gpu_lookup": dataclasses.replace(GPU, lookup_steps=1200, lookup_batch=32),
+    "gpu_lookup": dataclasses.replace(GPU, lookup_steps=1200, lookup_batch=32, lookup_keep=0.85),
     # the lookup stage alone on a CPU, from a finished run's focus.pt (17 min on 2 cores)
     "lookup_short": Schedule(lookup_steps=400),
     "smoke": Schedule(vision_steps=6, vision_batch=8, language_steps=4, language_batch=4, align_steps=4,
@@ -645,7 +645,7 @@ def main(argv=None):
     args.device = str(pick_device(args.device))  # "auto" resolved once, for the schedule and train()
     on_gpu = args.device.startswith("cuda")
     if args.schedule == "auto":
-        args.schedule = "gpu" if on_gpu else "full"
+        args.schedule = "gpu_lookup" if on_gpu else "full"
     if args.workers is None:  # a GPU step takes milliseconds: rendering needs every spare core
         args.workers = max(1, (os.cpu_count() or 4) - 3) if on_gpu else 1
     args.out = args.out or f"runs/micro-{args.variant}"
