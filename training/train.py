@@ -127,7 +127,7 @@ class Schedule:
 
 
 # a CUDA GPU (about 10 minutes on one H200 with 13 rendering workers): the same stages, longer, and
-# focus -- the committed bundle
+# focus -- run 4 (gpu_lookup, the committed bundle, adds the lookup stage)
 GPU = Schedule(vision_steps=4000, language_steps=3000, language_batch=32, language_turns=6, align_steps=300,
                align_batch=32, instruct_steps=2500, instruct_batch=32, focus_steps=1800, focus_batch=32)
 
@@ -137,7 +137,7 @@ SCHEDULES: Dict[str, Schedule] = {
     # variant that must run its own align (no_proto) gets the gpu schedule's, as the others inherit
     "short": Schedule(align_steps=300, align_batch=32, instruct_steps=300),
     # a CUDA GPU (about 10 minutes on one H200 with 13 rendering workers): the same stages, longer,
-    # and focus -- the committed bundle
+    # and focus -- run 4
     "gpu": GPU,
     # gpu, then lookup (training/README.md, session 6: colour of a shape 58.9 -> 95.3%, captions
     # 91 -> 86.5%); `--init-from` a gpu run's focus.pt runs the lookup stage alone
@@ -605,8 +605,10 @@ def train(args, tokenizer=None) -> SQLLaVA:
                               "elapsed": elapsed, "opt": None, "history": history, "config": config_to_dict(cfg),
                               "variant": args.variant})
     if sched.lookup_steps and sched.lookup_keep != 1.0:
-        before = os.path.join(args.out, "focus.pt")
-        before = before if os.path.exists(before) else args.init_from
+        # the weights the lookup stage started from: the last earlier stage this run saved, else --init-from
+        saved = [p for p in (os.path.join(args.out, f"{st}.pt") for st in STAGES[:STAGES.index("lookup")])
+                 if os.path.exists(p)]
+        before = saved[-1] if saved else args.init_from
         model.load_state_dict(interpolate(torch.load(before, map_location=dev)["model"], model.state_dict(),
                                           sched.lookup_keep))
         print(f"[train] final weights: {sched.lookup_keep:g} of the lookup stage's change from {before}", flush=True)
