@@ -41,7 +41,6 @@ from training.world.render import render_augmented
 from training.world.scene import Scene, scene_for
 
 EOS = 2
-TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
 
 
 # ----------------------------------------------------------------------------- batched generation
@@ -368,7 +367,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.no_ablations:
         args.ablation = []
-    tok = LlamaTokenizer.from_file(TOKENIZER_JSON)
+    tok = LlamaTokenizer.from_file()
     if args.ablation is None:
         import os
         args.ablation = [f"{n}={p}" for n, p in (("w/o self-questioning", "runs/micro-no_sq/final.pt"),

@@ -36,7 +36,6 @@ from training.world.language import Question, sample_question
 from training.world.render import render_augmented
 from training.world.scene import COLOURS, SHAPES, Scene, SceneObject, scene_for
 
-TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
 LOOKUP_FORMS = ("colour_of_shape", "shape_of_colour", "position", "size")
 
 
@@ -200,7 +199,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_any(args.model)
-    enc = TextEncoder(LlamaTokenizer.from_file(TOKENIZER_JSON))
+    enc = TextEncoder(LlamaTokenizer.from_file())
     for form in args.forms:
         cases = lookup_cases(form, args.scenes, model.cfg.vision.image_size)
         print(format_report(measure(model, enc, cases, probe=args.probe)), flush=True)

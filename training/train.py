@@ -55,7 +55,6 @@ from training.world.language import FORMS
 from training.world.render import render_augmented
 from training.world.scene import BIG_SIDE, COLOURS, POSITIONS, SHAPES, sample_scene, scene_for
 
-TOKENIZER_JSON = "training/assets/llama-tokenizer.json"
 STAGES = ("vision", "language", "align", "instruct", "focus", "lookup")
 # the two stages that fine-tune everything on images (instruct, then its dense continuation)
 TUNING = ("instruct", "focus")
@@ -474,7 +473,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
     ckpt_path = os.path.join(args.out, "ckpt.pt")
     if tokenizer is None:
         from training.sqllava.tokenizer import LlamaTokenizer
-        tokenizer = LlamaTokenizer.from_file(TOKENIZER_JSON)
+        tokenizer = LlamaTokenizer.from_file()
     enc = TextEncoder(tokenizer)
     dev = pick_device(args.device)
     model = build_model(args.preset, args.variant).to(dev)
