@@ -13,6 +13,12 @@ grounding; at micro scale it is taught directly:
   colours), so that a word in the question and the object in the image share a direction.
 
 Neither changes the model or its export; both are losses beside the next-token loss.
+
+A third signal, the **place probe**, keeps each object's place in its image tokens: the prototype
+projector mixes every token with its cluster's aggregate, and run 5's projected tokens hold their
+patch's grid cell at 56-64% (a linear probe) where the ViT features under them hold it at 84-86%
+(training/README.md, session 7). A linear head must read each object token's grid cell; it is
+thrown away after training, like the vision probe.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from training.data import Sample, TextEncoder, v1_pieces
 from training.lookup import LOOKUP_FORMS, key_position, object_patches, referent
 from training.probe import NONE, PatchTargets
 from training.world.language import sample_question
-from training.world.scene import COLOURS, SHAPES, Scene
+from training.world.scene import COLOURS, POSITIONS, SHAPES, Scene
 
 WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
 
@@ -95,3 +102,20 @@ def word_align_loss(image_tokens: torch.Tensor, patches: PatchTargets, embed: to
         by_cell = WORD_SCALE * z @ F.normalize(words(cells), dim=-1).t()
         loss = loss + F.cross_entropy(by_cell.flatten(0, 1), patches.cell.to(dev).flatten())
     return loss
+
+
+class PlaceProbe(nn.Module):
+    """A linear read of the grid cell of the object each projected image token belongs to."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.cell = nn.Linear(d, len(POSITIONS))
+
+    def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.cell(image_tokens)
+
+
+def place_probe_loss(probe: PlaceProbe, image_tokens: torch.Tensor, patches: PatchTargets) -> torch.Tensor:
+    """Cross-entropy of the place probe on the object tokens (`patches.cell`, -100 elsewhere)."""
+    logits = probe(image_tokens)
+    return F.cross_entropy(logits.flatten(0, 1), patches.cell.to(logits.device).flatten(), ignore_index=-100)

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 
 from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
                            scene_and_image, step_rng)
-from training.grounding import lookup_attention_loss, lookup_sample, word_align_loss, word_ids
+from training.grounding import (PlaceProbe, lookup_attention_loss, lookup_sample, place_probe_loss, word_align_loss,
+                                word_ids)
 from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
 from training.sqllava.configs import PRESETS, config_to_dict
 from training.sqllava.model import SQLLaVA, SQLLaVAConfig, count_parameters
@@ -58,6 +59,7 @@ from training.world.scene import BIG_SIDE, COLOURS, POSITIONS, SHAPES, sample_sc
 STAGES = ("vision", "language", "align", "instruct", "focus", "lookup")
 # the two stages that fine-tune everything on images (instruct, then its dense continuation)
 TUNING = ("instruct", "focus")
+PLACE_PROBED = ("align", "instruct", "focus", "lookup")  # the stages that train the projector
 # the question forms a trained decoder gets wrong most (lookups keyed by shape, places): focus
 # draws them three times as often as the others
 HARD_FORMS = ("colour_of_shape", "shape_of_colour", "position", "relation")
@@ -106,6 +108,9 @@ class Schedule:
     # part of the lookup's gain for the captions the stage costs
     lookup_keep: float = 1.0
     probe_weight: float = 0.5  # instruct, focus: the vision probe's loss kept on, so the ViT keeps its features
+    # align, instruct, focus, lookup: weight of the place probe (grounding.PlaceProbe), which keeps each
+    # object's grid cell readable in its projected image tokens; 0: off
+    place_probe: float = 0.0
     vision_lr_scale: float = 0.3  # instruct, focus: the ViT moves slower than the rest
     warmup: int = 50
     weight_decay: float = 0.01
@@ -227,16 +232,22 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
 
 
 def lookup_stage_loss(model: SQLLaVA, batch: Batch, patches: PatchTargets, sched: Schedule,
-                      words: Tuple[List[List[int]], ...]) -> torch.Tensor:
+                      words: Tuple[List[List[int]], ...],
+                      image_loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """The lookup stage: the exact next-token loss plus the grounding losses (training/grounding.py)
-    -- the lookup attention on batches of questions about one object, the word alignment on all."""
+    -- the lookup attention on batches of questions about one object, the word alignment on all
+    -- and `image_loss` (the place probe's) on the image tokens."""
     attn = model.model.layers[sched.lookup_layer].self_attn
     attn.keep_attention = batch.lookup is not None
-    aligned = None
-    if sched.word_align:
-        aligned = lambda img: sched.word_align * word_align_loss(img, patches, model.model.embed_tokens, *words)  # noqa: E731
+
+    def on_image(img: torch.Tensor) -> torch.Tensor:
+        loss = image_loss(img) if image_loss is not None else img.new_zeros(())
+        if sched.word_align:
+            loss = loss + sched.word_align * word_align_loss(img, patches, model.model.embed_tokens, *words)
+        return loss
+
     try:
-        loss = lm_loss(model, batch, vision_grad=False, image_loss=aligned)
+        loss = lm_loss(model, batch, vision_grad=False, image_loss=on_image)
         if batch.lookup is not None:
             heads = range(model.cfg.text.num_heads // model.cfg.text.num_kv_heads)  # the first KV group
             loss = loss + sched.lookup_weight * lookup_attention_loss(attn.attention, batch.lookup, patches,
@@ -322,7 +333,8 @@ class Data:
                 pix.append(p)
             samples.append(make_sample(s, rng, kind, template, sq_r, **how))
         targets = None
-        if (stage in TUNING and self.sched.probe_weight) or stage == "lookup":
+        if ((stage in TUNING and self.sched.probe_weight) or stage == "lookup"
+                or (stage in PLACE_PROBED and self.sched.place_probe)):
             targets = patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
         return collate(samples, pix, self.enc), targets
 
@@ -405,10 +417,12 @@ def cosine(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str) -> Dict[str, List[nn.Parameter]]:
-    """What each stage trains: {"main": [...], "vision": [...]}; everything else is frozen."""
+def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str,
+                       place: Optional[PlaceProbe] = None) -> Dict[str, List[nn.Parameter]]:
+    """What each stage trains: {"main": [...], "vision": [...]}; everything else is frozen. The
+    place probe, where there is one, trains with the projector it reads."""
     vision = list(model.model.vision_tower.parameters()) + list(probe.parameters())
-    projector = list(model.model.mm_projector.parameters())
+    projector = list(model.model.mm_projector.parameters()) + (list(place.parameters()) if place is not None else [])
     decoder = [p for n, p in model.named_parameters()
                if not n.startswith(("model.vision_tower.", "model.mm_projector."))]
     return {"vision": {"main": vision},
@@ -419,9 +433,9 @@ def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str) -> Dict[st
             "lookup": {"main": projector + decoder}}[stage]
 
 
-def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedule):
+def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedule, place: Optional[PlaceProbe] = None):
     lr = sched.lr(stage)
-    parts = trained_parameters(model, probe, stage)
+    parts = trained_parameters(model, probe, stage, place)
     groups = [{"params": parts["main"], "lr": lr}]
     if "vision" in parts:
         groups.append({"params": parts["vision"], "lr": lr * sched.vision_lr_scale})
@@ -479,6 +493,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
     model = build_model(args.preset, args.variant).to(dev)
     cfg = model.cfg
     probe = PatchProbe(cfg.vision.hidden_size).to(dev)
+    place = PlaceProbe(cfg.text.hidden_size).to(dev) if sched.place_probe else None
     print(f"[train] {args.variant}: {count_parameters(model) / 1e6:.2f}M parameters, schedule {args.schedule}, "
           f"device {dev}, out {args.out}", flush=True)
     sharp = SharpPool(os.path.join(args.cache, "sharp"), args.sharp_pool) if sched.p_sharp > 0 else None
@@ -498,6 +513,8 @@ def train(args, tokenizer=None) -> SQLLaVA:
         ck = torch.load(ckpt_path, map_location=dev)
         model.load_state_dict(ck["model"])
         probe.load_state_dict(ck["probe"])
+        if place is not None and "place" in ck:
+            place.load_state_dict(ck["place"])
         stage, step, elapsed, opt_state, history = ck["stage"], ck["step"], ck["elapsed"], ck["opt"], ck["history"]
         print(f"[train] resumed from {ckpt_path}: stage {stage} step {step} ({elapsed / 60:.1f} min so far)", flush=True)
     elif args.init_from:
@@ -512,8 +529,19 @@ def train(args, tokenizer=None) -> SQLLaVA:
         if "probe" in ck:  # a probe from before the grid-cell head starts that head afresh
             missing, unexpected = probe.load_state_dict(ck["probe"], strict=False)
             assert not unexpected and all(k.startswith("cell.") for k in missing), (missing, unexpected)
+        if place is not None and "place" in ck:
+            place.load_state_dict(ck["place"])
         print(f"[train] stages before {STAGES[stage]} shared from {args.init_from}", flush=True)
 
+
+    def place_state() -> dict:  # the place probe's weights, for checkpoints
+        return {"place": place.state_dict()} if place is not None else {}
+
+    def placed(vt: Optional[PatchTargets]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """The place probe's loss on a batch's image tokens, where it is on."""
+        if place is None or vt is None:
+            return None
+        return lambda img: sched.place_probe * place_probe_loss(place, img, vt)
 
     def probe_accuracy() -> str:
         model.eval()
@@ -529,12 +557,12 @@ def train(args, tokenizer=None) -> SQLLaVA:
         if total == 0:
             stage += 1
             continue
-        opt = make_optimizer(model, probe, name, sched)
+        opt = make_optimizer(model, probe, name, sched, place)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
             opt_state = None
-        trained = {id(p) for group in trained_parameters(model, probe, name).values() for p in group}
-        for p in list(model.parameters()) + list(probe.parameters()):
+        trained = {id(p) for group in trained_parameters(model, probe, name, place).values() for p in group}
+        for p in list(model.parameters()) + list(probe.parameters()) + (list(place.parameters()) if place else []):
             p.requires_grad_(id(p) in trained)
         model.train()
         ema = None
@@ -553,7 +581,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
                 loss = probe_loss(probe(model.model.vision_tower(pix)), vt)
             elif name == "lookup":
                 batch, vt = item
-                loss = lookup_stage_loss(model, batch, vt, sched, words)
+                loss = lookup_stage_loss(model, batch, vt, sched, words, placed(vt))
             else:
                 batch, vt = item
                 cand = None
@@ -561,8 +589,8 @@ def train(args, tokenizer=None) -> SQLLaVA:
                     cand = candidates_for(world, batch.rest_ids[batch.labels], cfg.text.vocab_size,
                                           sched.sampled_negatives, args.seed * 1_000_003 + stage * 100_003 + step)
                 loss = lm_loss(model, batch, vision_grad=name in TUNING, candidates=cand,
-                               probe=probe if vt is not None else None, vision_targets=vt,
-                               probe_weight=sched.probe_weight)
+                               probe=probe if vt is not None and name in TUNING else None, vision_targets=vt,
+                               probe_weight=sched.probe_weight, image_loss=placed(vt) if name in PLACE_PROBED else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -592,15 +620,15 @@ def train(args, tokenizer=None) -> SQLLaVA:
             if time.time() - last_ckpt > args.ckpt_seconds or step == total:
                 elapsed += time.time() - t0
                 t0 = time.time()
-                save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), "stage": stage,
+                save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), **place_state(), "stage": stage,
                                       "step": step, "elapsed": elapsed, "opt": opt.state_dict(),
                                       "history": history, "config": config_to_dict(cfg), "variant": args.variant})
                 last_ckpt = time.time()
         save_ckpt(os.path.join(args.out, f"{name}.pt"),
-                  {"model": model.state_dict(), "probe": probe.state_dict(), "next_stage": stage + 1,
+                  {"model": model.state_dict(), "probe": probe.state_dict(), **place_state(), "next_stage": stage + 1,
                    "config": config_to_dict(cfg)})
         stage, step = stage + 1, 0
-        save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), "stage": stage, "step": 0,
+        save_ckpt(ckpt_path, {"model": model.state_dict(), "probe": probe.state_dict(), **place_state(), "stage": stage, "step": 0,
                               "elapsed": elapsed, "opt": None, "history": history, "config": config_to_dict(cfg),
                               "variant": args.variant})
     if sched.lookup_steps and sched.lookup_keep != 1.0:

@@ -321,3 +321,42 @@ def test_lookup_stage_batches_and_losses(tok):
                 placed[i, j] += w(cells[patches.cell[i, j]])
     assert word_align_loss(placed, patches, emb, shapes, colours, cells) < word_align_loss(
         tokens, patches, emb, shapes, colours, cells)
+
+
+def test_place_probe_trains_with_the_projector_and_is_not_exported(tmp_path, monkeypatch, capsys):
+    """`place_probe`: the stages that train the projector (align and lookup, here) also train a
+    linear head that reads each object token's grid cell; it is checkpointed with the run and
+    left out of the final weights."""
+    import dataclasses
+    from training import train as T
+    from training.grounding import PlaceProbe, place_probe_loss
+    monkeypatch.setitem(T.SCHEDULES, "placed", dataclasses.replace(
+        T.SCHEDULES["smoke"], vision_steps=0, language_steps=0, align_steps=30, align_lr=3e-3, instruct_steps=0,
+        focus_steps=0, lookup_steps=2, place_probe=1.0, warmup=1))
+    model = T.build_model("tiny", "full")
+    init = tmp_path / "language.pt"
+    torch.save({"model": model.state_dict(), "next_stage": T.STAGES.index("align")}, init)
+    out = tmp_path / "run"
+    T.main(["--preset", "tiny", "--schedule", "placed", "--init-from", str(init), "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    align, lookup = torch.load(out / "align.pt"), torch.load(out / "lookup.pt")
+    assert set(align["place"]) == {"cell.weight", "cell.bias"}
+    assert not torch.equal(align["place"]["cell.weight"], lookup["place"]["cell.weight"])  # lookup trains it too
+    final = torch.load(out / "final.pt")
+    assert "place" not in final and not any("place" in k or k.startswith("cell.") for k in final["model"])
+    assert set(final["model"]) == set(model.state_dict())
+    # the loss reads object tokens only, and is ~0 for tokens that carry their cell where the head looks
+    scenes = [scene_for("train", 500 + i) for i in range(4)]
+    targets = patch_targets(scenes, 4)
+    probe = PlaceProbe(9)
+    with torch.no_grad():
+        probe.cell.weight.copy_(torch.eye(9) * 20)
+        probe.cell.bias.zero_()
+    cells = torch.randint(0, 9, targets.cell.shape)
+    cells[targets.cell >= 0] = targets.cell[targets.cell >= 0]
+    carried = torch.nn.functional.one_hot(cells, 9).float()
+    assert place_probe_loss(probe, carried, targets) < 1e-3
+    assert place_probe_loss(probe, torch.randn(4, 16, 9), targets) > 1.0
+    background = carried.clone()
+    background[targets.cell < 0] = torch.randn(int((targets.cell < 0).sum()), 9)
+    torch.testing.assert_close(place_probe_loss(probe, background, targets), place_probe_loss(probe, carried, targets))
