@@ -47,10 +47,11 @@ class LookupTarget:
     colour: int
 
 
-def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder) -> Tuple[Sample, LookupTarget]:
-    """A single question (`v1`) of LOOKUP_FORMS about one object of `scene`; raises RuntimeError
-    when none applies."""
-    q = sample_question(scene, rng, forms=LOOKUP_FORMS)
+def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder,
+                  forms: Sequence[str] = LOOKUP_FORMS) -> Tuple[Sample, LookupTarget]:
+    """A single question (`v1`) of `forms` (LOOKUP_FORMS, a form listed twice drawn twice as often)
+    about one object of `scene`; raises RuntimeError when none applies."""
+    q = sample_question(scene, rng, forms=forms)
     first, pieces = v1_pieces(q.text, q.answer)
     o = referent(scene, q)
     return Sample("v1", first, pieces, scene), LookupTarget(key_position(enc, q), SHAPES.index(o.shape),

@@ -49,6 +49,7 @@ from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, 
                            scene_and_image, step_rng)
 from training.grounding import (PlaceProbe, lookup_attention_loss, lookup_sample, place_probe_loss, word_align_loss,
                                 word_ids)
+from training.lookup import LOOKUP_FORMS
 from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
 from training.sqllava.configs import PRESETS, config_to_dict
 from training.sqllava.model import SQLLaVA, SQLLaVAConfig, count_parameters
@@ -101,6 +102,7 @@ class Schedule:
     lookup_lr: float = 4e-4
     lookup_layer: int = 1
     lookup_weight: float = 1.0
+    lookup_forms: Tuple[str, ...] = LOOKUP_FORMS  # its questions' forms (one listed twice is drawn twice as often)
     word_align: float = 1.0
     word_align_cell: bool = False  # the word alignment also pulls each object token towards its grid place's words
     # the share of the lookup stage's change the final weights keep: before + keep * (after - before),
@@ -148,6 +150,10 @@ SCHEDULES: Dict[str, Schedule] = {
     "gpu_lookup": dataclasses.replace(GPU, lookup_steps=1200, lookup_batch=32, lookup_keep=0.85),
     # the lookup stage alone on a CPU, from a finished run's focus.pt (17 min on 2 cores)
     "lookup_short": Schedule(lookup_steps=400),
+    # untried: gpu_lookup with the place probe from align on and position drawn three times as
+    # often in the lookup stage -- the next GPU run (training/README.md, next steps)
+    "gpu_place": dataclasses.replace(GPU, lookup_steps=1200, lookup_batch=32, lookup_keep=0.85, place_probe=1.0,
+                                     lookup_forms=LOOKUP_FORMS + ("position",) * 2),
     "smoke": Schedule(vision_steps=6, vision_batch=8, language_steps=4, language_batch=4, align_steps=4,
                       align_batch=4, instruct_steps=6, instruct_batch=4, focus_steps=4, focus_batch=4,
                       lookup_steps=4, lookup_batch=4, warmup=2, p_sharp=0.5),
@@ -346,7 +352,7 @@ class Data:
             while True:
                 s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
                 try:
-                    sample, target = lookup_sample(s, rng, self.enc)
+                    sample, target = lookup_sample(s, rng, self.enc, self.sched.lookup_forms)
                     break
                 except RuntimeError:  # no question about one object applies (e.g. two hexagons)
                     continue

@@ -360,3 +360,15 @@ def test_place_probe_trains_with_the_projector_and_is_not_exported(tmp_path, mon
     background = carried.clone()
     background[targets.cell < 0] = torch.randn(int((targets.cell < 0).sum()), 9)
     torch.testing.assert_close(place_probe_loss(probe, background, targets), place_probe_loss(probe, carried, targets))
+
+
+def test_lookup_stage_draws_the_schedules_forms(tok):
+    """`lookup_forms`: the lookup stage's questions are of those forms only."""
+    from training.world.scene import POSITIONS
+    model = build_model("tiny", "full")
+    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0, lookup_forms=("position",)), sharp=None)
+    for step in (0, 2, 4):
+        batch, _ = data.lm_batch("lookup", step, 4, 0.5)
+        for i, t in enumerate(batch.lookup):
+            answer = tok.decode(batch.rest_ids[i, :int(batch.rest_mask[i].sum())].tolist()).split("ASSISTANT:")[1]
+            assert answer.strip().startswith("The ") and any(f" {p}." in answer for p in POSITIONS), answer
