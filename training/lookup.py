@@ -12,6 +12,8 @@ more objects, with the reference answer given (teacher forcing):
                  a head that looks at objects in general has own/other near their areas' ratio
   asked (layer)  how well a linear probe reads the asked-about attribute at that position, at
                  each layer's input (--probe): whether the query still knows what was asked
+  answer (layer) ... and the answer's key (the colour, shape, place or size; --probe): whether
+                 what the heads bring back from the object reaches the answer
 
 Run 4's bundle (training/README.md) answers colour-of-a-shape questions only by chance: its
 heads spread over all objects, while shape-of-a-colour heads pick the object.
@@ -34,7 +36,7 @@ from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
 from training.world.language import Question, sample_question
 from training.world.render import render_augmented
-from training.world.scene import COLOURS, SHAPES, Scene, SceneObject, scene_for
+from training.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, Scene, SceneObject, scene_for
 
 LOOKUP_FORMS = ("colour_of_shape", "shape_of_colour", "position", "size")
 
@@ -99,6 +101,7 @@ class LookupReport:
     own: torch.Tensor  # [layers, heads] mean attention on the asked-about object's image tokens
     other: torch.Tensor  # [layers, heads] ... on the other objects' image tokens
     asked: Optional[List[float]] = None  # linear-probe accuracy of the asked attribute per layer input
+    answer: Optional[List[float]] = None  # ... of the answer's key
 
 
 def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe: bool = False) -> LookupReport:
@@ -106,7 +109,7 @@ def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe
     grid = model.cfg.vision.grid_size
     n_img = grid * grid
     own = other = None
-    right, states, labels = 0, [], []
+    right, states, labels, keys = 0, [], [], []
     for m in layers:
         m.keep_attention = True
     try:
@@ -141,12 +144,16 @@ def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe
             if probe:
                 states.append(torch.stack([h[p] for h in hidden]))
                 labels.append(asked_label(q))
+                keys.append(answer_label(q))
     finally:
         for m in layers:
             m.keep_attention, m.attention = False, None
     n = len(cases)
-    asked = probe_accuracy(torch.stack(states), torch.tensor(labels)) if probe else None
-    return LookupReport(cases[0].question.form, n, right / n, own / n, other / n, asked)
+    asked = answer = None
+    if probe:
+        asked = probe_accuracy(torch.stack(states), torch.tensor(labels))
+        answer = probe_accuracy(torch.stack(states), torch.tensor(keys))
+    return LookupReport(cases[0].question.form, n, right / n, own / n, other / n, asked, answer)
 
 
 def asked_label(q: Question) -> int:
@@ -155,6 +162,14 @@ def asked_label(q: Question) -> int:
         return SHAPES.index(q.slots["shape"])
     colour = q.slots["colour"] if q.form == "shape_of_colour" else q.slots["obj"].split(" ")[0]
     return COLOURS.index(colour)
+
+
+ANSWER_VALUES = {"colour_of_shape": COLOURS, "shape_of_colour": SHAPES, "position": POSITIONS, "size": SIZES}
+
+
+def answer_label(q: Question) -> int:
+    """The answer's key: the colour, shape, grid place or size of the object asked about."""
+    return ANSWER_VALUES[q.form].index(q.key)
 
 
 def probe_accuracy(states: torch.Tensor, labels: torch.Tensor, train: float = 0.75, steps: int = 300) -> List[float]:
@@ -186,6 +201,8 @@ def format_report(r: LookupReport) -> str:
     if r.asked is not None:
         lines.append("  asked attribute readable at layer inputs: " +
                      " ".join(f"{a * 100:.0f}%" for a in r.asked))
+    if r.answer is not None:
+        lines.append("  answer readable at layer inputs: " + " ".join(f"{a * 100:.0f}%" for a in r.answer))
     return "\n".join(lines)
 
 

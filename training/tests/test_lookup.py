@@ -64,6 +64,14 @@ def test_measure_reports_attention_shares_per_layer_and_head(enc):
     assert r.own.shape == (layers, heads) and r.other.shape == (layers, heads)
     assert ((r.own >= 0) & (r.own + r.other <= 1 + 1e-5)).all()
     assert r.answer_right == 0.0  # random weights do not answer
-    assert len(r.asked) == layers
+    assert len(r.asked) == layers and len(r.answer) == layers
     assert all(not m.self_attn.keep_attention and m.self_attn.attention is None for m in model.model.layers)
     assert "colour_of_shape: answer right (teacher-forced) 0.0% of 6" in format_report(r)
+    assert "answer readable at layer inputs:" in format_report(r)
+
+
+@pytest.mark.parametrize("form", LOOKUP_FORMS)
+def test_the_answer_label_is_the_answer_key(form):
+    from training.lookup import ANSWER_VALUES, answer_label
+    case = lookup_cases(form, 1, 64)[0]
+    assert ANSWER_VALUES[form][answer_label(case.question)] == case.question.key
