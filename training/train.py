@@ -549,6 +549,14 @@ def train(args, tokenizer=None) -> SQLLaVA:
             return None
         return lambda img: sched.place_probe * place_probe_loss(place, img, vt)
 
+    def place_accuracy() -> str:
+        model.eval()
+        with torch.no_grad():
+            cells = place(model.encode_images(val_pix)).argmax(-1)
+        model.train()
+        on = val_targets.cell >= 0
+        return f"place probe on validation scenes: {(cells[on] == val_targets.cell[on]).float().mean() * 100:.1f}% of object tokens"
+
     def probe_accuracy() -> str:
         model.eval()
         with torch.no_grad():
@@ -623,6 +631,8 @@ def train(args, tokenizer=None) -> SQLLaVA:
                     print(f"[{name}] val loss v1 {vl[0]:.4f} v1_sq {vl[1]:.4f}", flush=True)
                 if name in ("vision",) + TUNING:
                     print(f"[{name}] {probe_accuracy()}", flush=True)
+                if place is not None and name in PLACE_PROBED:
+                    print(f"[{name}] {place_accuracy()}", flush=True)
             if time.time() - last_ckpt > args.ckpt_seconds or step == total:
                 elapsed += time.time() - t0
                 t0 = time.time()

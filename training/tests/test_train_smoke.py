@@ -339,6 +339,7 @@ def test_place_probe_trains_with_the_projector_and_is_not_exported(tmp_path, mon
     out = tmp_path / "run"
     T.main(["--preset", "tiny", "--schedule", "placed", "--init-from", str(init), "--out", str(out),
             "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    assert "[align] place probe on validation scenes:" in capsys.readouterr().out
     align, lookup = torch.load(out / "align.pt"), torch.load(out / "lookup.pt")
     assert set(align["place"]) == {"cell.weight", "cell.bias"}
     assert not torch.equal(align["place"]["cell.weight"], lookup["place"]["cell.weight"])  # lookup trains it too
