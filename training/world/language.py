@@ -320,9 +320,7 @@ def answer_correct(form: str, key: str, answer: str, scene: Optional[Scene] = No
             return " nothing " in w
         wanted = set(key.split("|"))
         mentioned = set(re.findall(r" (?=((?:%s) (?:%s)) )" % ("|".join(COLOURS), "|".join(SHAPES)), w))
-        if scene is not None:
-            # the reference object itself appears after the relation words; ignore it
-            pass
+        # the reference object itself appears after the relation words; ignore it
         target = None
         m = re.search(r" (?:to the left of|to the right of|above|below) the ((?:%s) (?:%s)) "
                       % ("|".join(COLOURS), "|".join(SHAPES)), w)
@@ -336,7 +334,7 @@ def answer_correct(form: str, key: str, answer: str, scene: Optional[Scene] = No
     if form == "background":
         found = [b for b in BACKGROUNDS if f" {b} " in w]
         if "light blue" in found:
-            found = [b for b in found if b != "blue"] if True else found
+            found = [b for b in found if b != "blue"]
         return found == [key]
     keys = _ALL_KEYS[form]
     found = [k for k in keys if f" {k} " in w]
@@ -345,8 +343,6 @@ def answer_correct(form: str, key: str, answer: str, scene: Optional[Scene] = No
     if form in ("count", "count_by_attribute"):
         # "There are no red shapes" / "There are two red shapes": the first number word
         return bool(found) and _first(w, found) == key
-    if form == "colour_of_shape" and key != "blue":
-        pass
     return found == [key]
 
 
