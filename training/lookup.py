@@ -34,9 +34,9 @@ from training.data import Sample, TextEncoder, collate, preprocess_image, v1_pie
 from training.probe import PatchTargets, patch_targets
 from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
-from training.world.language import Question, sample_question
+from training.world.language import ANSWER_KEYS, Question, sample_question
 from training.world.render import render_augmented
-from training.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, Scene, SceneObject, scene_for
+from training.world.scene import COLOURS, SHAPES, Scene, SceneObject, scene_for
 
 LOOKUP_FORMS = ("colour_of_shape", "shape_of_colour", "position", "size")
 
@@ -151,8 +151,8 @@ def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe
     n = len(cases)
     asked = answer = None
     if probe:
-        asked = probe_accuracy(torch.stack(states), torch.tensor(labels))
-        answer = probe_accuracy(torch.stack(states), torch.tensor(keys))
+        at = torch.stack(states)
+        asked, answer = probe_accuracy(at, torch.tensor(labels)), probe_accuracy(at, torch.tensor(keys))
     return LookupReport(cases[0].question.form, n, right / n, own / n, other / n, asked, answer)
 
 
@@ -164,12 +164,9 @@ def asked_label(q: Question) -> int:
     return COLOURS.index(colour)
 
 
-ANSWER_VALUES = {"colour_of_shape": COLOURS, "shape_of_colour": SHAPES, "position": POSITIONS, "size": SIZES}
-
-
 def answer_label(q: Question) -> int:
     """The answer's key: the colour, shape, grid place or size of the object asked about."""
-    return ANSWER_VALUES[q.form].index(q.key)
+    return ANSWER_KEYS[q.form].index(q.key)
 
 
 def probe_accuracy(states: torch.Tensor, labels: torch.Tensor, train: float = 0.75, steps: int = 300) -> List[float]:

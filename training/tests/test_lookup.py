@@ -72,6 +72,7 @@ def test_measure_reports_attention_shares_per_layer_and_head(enc):
 
 @pytest.mark.parametrize("form", LOOKUP_FORMS)
 def test_the_answer_label_is_the_answer_key(form):
-    from training.lookup import ANSWER_VALUES, answer_label
+    from training.lookup import answer_label
+    from training.world.language import ANSWER_KEYS
     case = lookup_cases(form, 1, 64)[0]
-    assert ANSWER_VALUES[form][answer_label(case.question)] == case.question.key
+    assert ANSWER_KEYS[form][answer_label(case.question)] == case.question.key

@@ -301,7 +301,7 @@ def question_validity(scene: Scene, text: str) -> Tuple[bool, Optional[str], str
 
 # ----------------------------------------------------------------------------- answer checking
 
-_ALL_KEYS = {
+ANSWER_KEYS = {  # every value an answer of the form can state (relation: objects, checked apart)
     "count": NUMBER_WORDS[1:5], "count_by_attribute": ["no"] + NUMBER_WORDS[1:5],
     "colour_of_shape": COLOURS, "shape_of_colour": SHAPES, "existence": ["yes", "no"],
     "position": POSITIONS, "size": SIZES, "background": BACKGROUNDS,
@@ -336,7 +336,7 @@ def answer_correct(form: str, key: str, answer: str, scene: Optional[Scene] = No
         if "light blue" in found:
             found = [b for b in found if b != "blue"]
         return found == [key]
-    keys = _ALL_KEYS[form]
+    keys = ANSWER_KEYS[form]
     found = [k for k in keys if f" {k} " in w]
     if form == "existence":
         return bool(found) and found[0] == key
