@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training.data import Sample, TextEncoder, v1_pieces
-from training.lookup import LOOKUP_FORMS, key_position, object_patches, referent
+from training.lookup import LOOKUP_FORMS, key_position, looked_up, object_patches
 from training.probe import NONE, PatchTargets
 from training.world.language import sample_question
 from training.world.scene import COLOURS, POSITIONS, SHAPES, Scene
@@ -43,24 +43,24 @@ WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
 @dataclass
 class LookupTarget:
     at: int  # index in the sample's rest tokens of the position that predicts the key word
-    shape: int  # the asked-about object
-    colour: int
+    objects: Tuple[Tuple[int, int], ...]  # (shape, colour) of each object to look at; none: no attention loss
 
 
 def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder,
                   forms: Sequence[str] = LOOKUP_FORMS) -> Tuple[Sample, LookupTarget]:
-    """A single question (`v1`) of `forms` (LOOKUP_FORMS, a form listed twice drawn twice as often)
-    about one object of `scene`; raises RuntimeError when none applies."""
+    """A single question (`v1`) of `forms` (LOOKUP_FORMS, and "relation", whose answer looks up the
+    objects it names; a form listed twice is drawn twice as often); raises RuntimeError when none
+    applies."""
     q = sample_question(scene, rng, forms=forms)
     first, pieces = v1_pieces(q.text, q.answer)
-    o = referent(scene, q)
-    return Sample("v1", first, pieces, scene), LookupTarget(key_position(enc, q), SHAPES.index(o.shape),
-                                                           COLOURS.index(o.colour))
+    objects = tuple((SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in looked_up(scene, q))
+    return Sample("v1", first, pieces, scene), LookupTarget(key_position(enc, q), objects)
 
 
 def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarget], patches: PatchTargets,
                           prefix_len: int, heads: Sequence[int]) -> torch.Tensor:
-    """-log of the attention share on the asked-about object's image tokens.
+    """-log of the attention share on the objects to look up's image tokens, over the rows that
+    have any (a relation answered "nothing" has none).
 
     `attention` [B,H,T,P] is one layer's, kept by `lm_loss`'s decode over [image tokens, rest]
     after the shared prefix: the query of rest token r is row n + r, image token j is key
@@ -71,11 +71,15 @@ def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarge
     at = torch.tensor([n + t.at for t in targets], device=attention.device)
     rows = attention[torch.arange(b, device=attention.device), :, at]  # [B,H,P]
     img = rows[:, list(heads), prefix_len:prefix_len + n]  # [B,h,N]
-    shape = torch.tensor([t.shape for t in targets], device=patches.shape.device)[:, None]
-    colour = torch.tensor([t.colour for t in targets], device=patches.shape.device)[:, None]
-    own = object_patches(patches, shape, colour).to(attention.device)
-    share = (img * own[:, None]).sum(-1)
-    return -share.clamp_min(1e-6).log().mean()
+    own = torch.zeros(b, n, dtype=torch.bool, device=patches.shape.device)
+    for i, t in enumerate(targets):
+        for shape, colour in t.objects:
+            own[i] |= object_patches(patches, shape, colour)[i]
+    has = own.any(-1).to(attention.device)
+    if not has.any():
+        return attention.new_zeros(())
+    share = (img * own.to(attention.device)[:, None]).sum(-1)  # [B,h]
+    return -share[has].clamp_min(1e-6).log().mean()
 
 
 def word_ids(enc: TextEncoder, words: Sequence[str]) -> List[List[int]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -36,7 +37,7 @@ from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
 from training.world.language import ANSWER_KEYS, Question, sample_question
 from training.world.render import render_augmented
-from training.world.scene import COLOURS, SHAPES, Scene, SceneObject, scene_for
+from training.world.scene import COLOURS, SHAPES, SIZES, Scene, SceneObject, scene_for
 
 LOOKUP_FORMS = ("colour_of_shape", "shape_of_colour", "position", "size")
 
@@ -51,8 +52,21 @@ def referent(scene: Scene, q: Question) -> SceneObject:
     return scene.find(colour=colour, shape=shape)[0]
 
 
+def looked_up(scene: Scene, q: Question) -> List[SceneObject]:
+    """The objects an answer must look up: the one a question of LOOKUP_FORMS is about, or those a
+    relation's answer names, nearest first (none where it answers "nothing")."""
+    if q.form == "relation":
+        return [] if q.key == "nothing" else [o for ref in q.key.split("|") for o in scene.objects if o.ref == ref]
+    return [referent(scene, q)]
+
+
 def key_prefix(q: Question) -> str:
-    """The answer up to its key word: "The hexagon is", "The pink object is a", "... is at the"."""
+    """The answer up to its key word: "The hexagon is", "The pink object is a", "... is at the";
+    for a relation, up to the first object it names ("... of the red circle, there is") or "nothing"."""
+    if q.form == "relation":
+        first = q.key.split("|")[0]
+        key = r"\bnothing\b" if first == "nothing" else rf"\b[Aa]n? (?:{'|'.join(SIZES)}) {first}\b"
+        return q.answer[:re.search(key, q.answer).start()].rstrip()
     start = q.answer.index(" is ")
     return q.answer[:q.answer.index(q.key, start)].rstrip()
 

@@ -102,7 +102,9 @@ class Schedule:
     lookup_lr: float = 4e-4
     lookup_layer: int = 1
     lookup_weight: float = 1.0
-    lookup_forms: Tuple[str, ...] = LOOKUP_FORMS  # its questions' forms (one listed twice is drawn twice as often)
+    # its questions' forms (one listed twice is drawn twice as often); "relation" may join them: its
+    # answer looks up the objects it names, from the word before the first ("... there is" -> "a")
+    lookup_forms: Tuple[str, ...] = LOOKUP_FORMS
     word_align: float = 1.0
     word_align_cell: bool = False  # the word alignment also pulls each object token towards its grid place's words
     # the share of the lookup stage's change the final weights keep: before + keep * (after - before),

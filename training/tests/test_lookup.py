@@ -76,3 +76,27 @@ def test_the_answer_label_is_the_answer_key(form):
     from training.world.language import ANSWER_KEYS
     case = lookup_cases(form, 1, 64)[0]
     assert ANSWER_KEYS[form][answer_label(case.question)] == case.question.key
+
+
+def test_a_relation_answer_looks_up_the_objects_it_names_from_the_word_before_the_first():
+    from training.lookup import looked_up
+    from training.world.language import related
+    seen = {"nothing": 0, "objects": 0}
+    for i in range(200):
+        scene = scene_for("test", i)
+        try:
+            q = sample_question(scene, random.Random(i), form="relation")
+        except (RuntimeError, ValueError):
+            continue
+        colour, shape = q.slots["obj"].split(" ")
+        asked = scene.find(colour=colour, shape=shape)[0]
+        objs = looked_up(scene, q)
+        assert objs == related(scene, asked, q.slots["rel"])
+        rest = q.answer[len(key_prefix(q)):].lstrip()
+        if objs:
+            seen["objects"] += 1
+            assert rest.lower().startswith(("a ", "an ")) and rest.split(" ", 1)[1].startswith(objs[0].name)
+        else:
+            seen["nothing"] += 1
+            assert rest.startswith("nothing")
+    assert min(seen.values()) >= 10, seen

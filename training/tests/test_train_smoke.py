@@ -1,5 +1,6 @@
 """A few training steps on tiny data decrease the loss; loss masks and generation are right."""
 
+import dataclasses
 import random
 
 import pytest
@@ -293,7 +294,8 @@ def test_lookup_stage_batches_and_losses(tok):
     # attention that sits on each asked-about object's tokens, or spreads evenly
     n, tp = patches.shape.shape[1], len(batch.prefix_ids)
     t = batch.rest_ids.shape[1]
-    own = torch.stack([(patches.shape[i] == lt.shape) & (patches.colour[i] == lt.colour)
+    assert all(len(lt.objects) == 1 for lt in batch.lookup)
+    own = torch.stack([(patches.shape[i] == lt.objects[0][0]) & (patches.colour[i] == lt.objects[0][1])
                        for i, lt in enumerate(batch.lookup)]).float()
     att = torch.full((3, 4, n + t, tp + n + t), 1.0 / (tp + n + t))
     spread = lookup_attention_loss(att, batch.lookup, patches, tp, [0, 1])
@@ -373,3 +375,27 @@ def test_lookup_stage_draws_the_schedules_forms(tok):
         for i, t in enumerate(batch.lookup):
             answer = tok.decode(batch.rest_ids[i, :int(batch.rest_mask[i].sum())].tolist()).split("ASSISTANT:")[1]
             assert answer.strip().startswith("The ") and any(f" {p}." in answer for p in POSITIONS), answer
+
+
+def test_relation_lookups_look_at_every_object_named_and_skip_nothing_answers(tok):
+    """lookup_forms with "relation": the attention loss asks for the objects a relation's answer
+    names (all of them together) and leaves out the rows answered "nothing"."""
+    from training.grounding import lookup_attention_loss
+    model = build_model("tiny", "full")
+    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0, lookup_forms=("relation",)), sharp=None)
+    batches = [data.lm_batch("lookup", step, 4, 0.5) for step in range(0, 16, 2)]
+    mixed = [(b, p) for b, p in batches if 0 < sum(bool(lt.objects) for lt in b.lookup) < 4]
+    assert mixed  # some relations answer "nothing", some name objects
+    batch, patches = mixed[0]
+    n, tp, t = patches.shape.shape[1], len(batch.prefix_ids), batch.rest_ids.shape[1]
+    att = torch.full((4, 2, n + t, tp + n + t), 1.0 / (tp + n + t))
+    for i, lt in enumerate(batch.lookup):
+        own = torch.zeros(n, dtype=torch.bool)
+        for shape, colour in lt.objects:
+            own |= (patches.shape[i] == shape) & (patches.colour[i] == colour)
+        if own.any():  # all attention on the named objects, shared between them
+            att[i, :, n + lt.at] = 0
+            att[i, :, n + lt.at, tp:tp + n] = own.float() / own.sum()
+    assert lookup_attention_loss(att, batch.lookup, patches, tp, [0, 1]) < 1e-5
+    empty = [dataclasses.replace(lt, objects=()) for lt in batch.lookup]
+    assert lookup_attention_loss(att, empty, patches, tp, [0, 1]) == 0
