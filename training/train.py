@@ -105,6 +105,9 @@ class Schedule:
     # its questions' forms (one listed twice is drawn twice as often); "relation" may join them: its
     # answer looks up the objects it names, from the word before the first ("... there is" -> "a")
     lookup_forms: Tuple[str, ...] = LOOKUP_FORMS
+    # the share of the lookup stage's single-turn (v1) instruct samples that are captions instead
+    # (align's: brief or detailed): the stage costs captions otherwise (training/README.md, session 8)
+    lookup_captions: float = 0.0
     word_align: float = 1.0
     word_align_cell: bool = False  # the word alignment also pulls each object token towards its grid place's words
     # the share of the lookup stage's change the final weights keep: before + keep * (after - before),
@@ -339,7 +342,9 @@ class Data:
             else:
                 s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
                 pix.append(p)
-            samples.append(make_sample(s, rng, kind, template, sq_r, **how))
+            captions = (stage == "lookup" and template == "v1" and self.sched.lookup_captions
+                        and rng.random() < self.sched.lookup_captions)
+            samples.append(make_sample(s, rng, "align" if captions else kind, template, sq_r, **how))
         targets = None
         if ((stage in TUNING and self.sched.probe_weight) or stage == "lookup"
                 or (stage in PLACE_PROBED and self.sched.place_probe)):
@@ -527,7 +532,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
         print(f"[train] resumed from {ckpt_path}: stage {stage} step {step} ({elapsed / 60:.1f} min so far)", flush=True)
     elif args.init_from:
         ck = torch.load(args.init_from, map_location=dev)
-        stage = ck["next_stage"]
+        stage = STAGES.index(args.start) if args.start else ck["next_stage"]
         # a stage before align leaves the projector untrained, so a variant with another
         # projector (no_proto) can share it
         own = {k: v for k, v in ck["model"].items()
@@ -678,6 +683,9 @@ def main(argv=None):
     ap.add_argument("--sharp-pool", type=int, default=3000)
     ap.add_argument("--init-from", default=None,
                     help="start after the stage saved in another run's <stage>.pt (vision.pt, language.pt, align.pt)")
+    ap.add_argument("--start", default=None, choices=STAGES,
+                    help="with --init-from: the first stage to run (default: the one after the stage it saved), e.g. "
+                         "lookup again from a finished run's lookup.pt")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, cuda:1, ...")

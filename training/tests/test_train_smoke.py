@@ -399,3 +399,34 @@ def test_relation_lookups_look_at_every_object_named_and_skip_nothing_answers(to
     assert lookup_attention_loss(att, batch.lookup, patches, tp, [0, 1]) < 1e-5
     empty = [dataclasses.replace(lt, objects=()) for lt in batch.lookup]
     assert lookup_attention_loss(att, empty, patches, tp, [0, 1]) == 0
+
+
+def test_lookup_captions_turns_the_stages_single_turn_samples_into_captions(tok):
+    """`lookup_captions`: that share of the lookup stage's v1 instruct samples are captions."""
+    from training.world.language import BRIEF_PROMPT, DETAILED_PROMPT
+    model = build_model("tiny", "full")
+
+    def prompts(share):
+        data = Data(model.cfg, TextEncoder(tok), seed=0, sched=Schedule(p_sharp=0.0, lookup_captions=share), sharp=None)
+        batch, _ = data.lm_batch("lookup", 1, 8, 0.5)  # step 1: instruct's v1 samples
+        assert batch.template == "v1"
+        texts = [tok.decode(batch.rest_ids[i, :int(batch.rest_mask[i].sum())].tolist()) for i in range(8)]
+        return [BRIEF_PROMPT in t or DETAILED_PROMPT in t for t in texts]
+
+    assert all(prompts(1.0))
+    assert not all(prompts(0.0))
+
+
+def test_start_runs_a_stage_again_from_a_finished_runs_checkpoint(tmp_path, monkeypatch):
+    """`--start lookup` with `--init-from` a checkpoint saved after the lookup stage runs it again."""
+    from training import train as T
+    from training.sqllava.configs import config_to_dict
+    model = T.build_model("tiny", "full")
+    init = tmp_path / "lookup.pt"
+    torch.save({"model": model.state_dict(), "config": config_to_dict(model.cfg), "next_stage": len(T.STAGES)}, init)
+    out = tmp_path / "again"
+    T.main(["--preset", "tiny", "--schedule", "smoke", "--init-from", str(init), "--start", "lookup", "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    assert [p.name for p in sorted(out.glob("*.pt"))] == ["ckpt.pt", "final.pt", "lookup.pt"]
+    after = torch.load(out / "final.pt")["model"]
+    assert any(not torch.equal(model.state_dict()[k], after[k]) for k in after)
