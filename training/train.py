@@ -423,6 +423,27 @@ def val_batches(cfg: SQLLaVAConfig, enc: TextEncoder, sq_r: float, n: int = 16, 
 
 # ----------------------------------------------------------------------------- training
 
+def with_settings(sched: Schedule, settings: List[str]) -> Schedule:
+    """The schedule with `FIELD=VALUE` settings (`--set`): a tuple field takes comma-separated
+    values, a bool field 1/0/true/false."""
+    changes = {}
+    for item in settings:
+        name, _, value = item.partition("=")
+        if name not in {f.name for f in dataclasses.fields(Schedule)} or not _:
+            raise SystemExit(f"--set {item}: expected FIELD=VALUE with a Schedule field")
+        current = getattr(sched, name)
+        if isinstance(current, tuple):
+            changes[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+            unknown = [v for v in changes[name] if name.endswith("_forms") and v not in FORMS]
+            if unknown:
+                raise SystemExit(f"--set {item}: {', '.join(unknown)} not a question form ({', '.join(FORMS)})")
+        elif isinstance(current, bool):
+            changes[name] = value.lower() in ("1", "true", "yes")
+        else:
+            changes[name] = type(current)(value)
+    return dataclasses.replace(sched, **changes)
+
+
 def cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -493,7 +514,7 @@ def save_ckpt(path: str, state: dict):
 def train(args, tokenizer=None) -> SQLLaVA:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    sched = SCHEDULES[args.schedule]
+    sched = with_settings(SCHEDULES[args.schedule], args.set or [])
     if args.variant == "no_sq":
         sched.sq_r = 0.0
     os.makedirs(args.out, exist_ok=True)
@@ -686,6 +707,8 @@ def main(argv=None):
     ap.add_argument("--start", default=None, choices=STAGES,
                     help="with --init-from: the first stage to run (default: the one after the stage it saved), e.g. "
                          "lookup again from a finished run's lookup.pt")
+    ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                    help="change one field of the schedule, e.g. --set lookup_steps=400 --set lookup_forms=position,size")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, cuda:1, ...")

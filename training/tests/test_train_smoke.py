@@ -430,3 +430,15 @@ def test_start_runs_a_stage_again_from_a_finished_runs_checkpoint(tmp_path, monk
     assert [p.name for p in sorted(out.glob("*.pt"))] == ["ckpt.pt", "final.pt", "lookup.pt"]
     after = torch.load(out / "final.pt")["model"]
     assert any(not torch.equal(model.state_dict()[k], after[k]) for k in after)
+
+
+def test_set_changes_schedule_fields_by_their_type():
+    from training.train import SCHEDULES, with_settings
+    s = with_settings(SCHEDULES["lookup_short"], ["lookup_steps=500", "lookup_lr=2e-4", "lookup_captions=0.7",
+                                                  "lookup_forms=position,relation", "word_align_cell=1"])
+    assert (s.lookup_steps, s.lookup_lr, s.lookup_captions) == (500, 2e-4, 0.7)
+    assert s.lookup_forms == ("position", "relation") and s.word_align_cell is True
+    assert SCHEDULES["lookup_short"].lookup_steps == 400  # the named schedule is unchanged
+    for bad in ("lookup_stepz=5", "lookup_steps", "lookup_forms=position,where"):
+        with pytest.raises(SystemExit):
+            with_settings(SCHEDULES["lookup_short"], [bad])
