@@ -51,7 +51,7 @@ def export_micro(final_pt: str, out_dir: str, name: str = "sq-llava-micro",
         "trainer": "training/train.py (shapes world, see training/README.md and /work/shared/WORLD.md)",
         "command": command,
         "variant": ck.get("variant", "full"),
-        "training_minutes": round(ck.get("elapsed", 0) / 60, 1),
+        "training_minutes": round(ck["elapsed"] / 60, 1) if "elapsed" in ck else None,  # None: a soup of runs
         "schedule": ck.get("schedule"),
         "final_loss": (ck.get("history") or [{}])[-1].get("loss"),
         "git_sha": _git_sha(),

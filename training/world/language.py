@@ -61,11 +61,10 @@ def _join(items: List[str]) -> str:
 
 
 def where(cell_or_pos) -> str:
+    """"at the top left" ... "at the center": one preposition for every place. With "on the left" and
+    "in the center" the decoder had to choose the preposition, and so the place, one word before
+    the place word, where it does not look the object up (training/README.md, session 7)."""
     pos = POSITIONS[cell_or_pos] if isinstance(cell_or_pos, int) else cell_or_pos
-    if pos == "center":
-        return "in the center"
-    if pos in ("left", "right"):
-        return f"on the {pos}"
     return f"at the {pos}"
 
 
@@ -182,12 +181,13 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
     if form == "relation":
         rel = slots["rel"]
         rs = related(scene, o, rel)
+        # the object asked about first, then what is there: "nothing" or "a blue square" is chosen
+        # after the answer has named the object it is relative to, not as its first word
+        lead = f"{rel[0].upper()}{rel[1:]} the {o.ref}, there"
         if not rs:
-            return f"There is nothing {rel} the {o.ref}.", "nothing"
-        names = [_a(r.name) for r in rs]
+            return f"{lead} is nothing.", "nothing"
         verb = "is" if len(rs) == 1 else "are"
-        ans = f"{_join(names)} {verb} {rel} the {o.ref}."
-        return ans[0].upper() + ans[1:], "|".join(r.ref for r in rs)
+        return f"{lead} {verb} {_join([_a(r.name) for r in rs])}.", "|".join(r.ref for r in rs)
     raise ValueError(form)
 
 
