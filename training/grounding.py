@@ -8,6 +8,8 @@ grounding; at micro scale it is taught directly:
 - **lookup attention**: for a single question about one object, the heads of one KV group in
   one layer, at the position that predicts the answer's key word ("The hexagon is" -> colour),
   are asked to put their attention on that object's image tokens (-log of the share they do);
+  a relation question's answer, at the word before the first object it names, on the objects
+  it names ("nothing": no target);
 - **word alignment**: each projected image token of an object is pulled towards the word
   embeddings of its object's shape and colour (a cosine softmax over the world's shapes and
   colours), so that a word in the question and the object in the image share a direction.
