@@ -160,14 +160,12 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
             return f"Yes, there is {_a(slots['obj'])}.", "yes"
         return f"No, there is no {slots['obj']}.", "no"
     if form == "count_by_attribute":
+        n = len(counted(scene, slots))
         if "attr" in slots:
             a = slots["attr"]
-            n = len(scene.find(colour=a) if a in COLOURS else scene.find(size=a))
             return _attr_count_answer(n, f"{a} shapes", f"{a} shape"), number(n) if n else "no"
         s = slots["shapes"]
-        shape = next(k for k, v in PLURAL.items() if v == s)
-        n = len(scene.find(shape=shape))
-        return _attr_count_answer(n, s, shape), number(n) if n else "no"
+        return _attr_count_answer(n, s, next(k for k, v in PLURAL.items() if v == s)), number(n) if n else "no"
     # forms about one object present in the scene
     colour, shape = _split_obj(slots["obj"])
     found = scene.find(colour=colour, shape=shape)
@@ -181,14 +179,25 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
     if form == "relation":
         rel = slots["rel"]
         rs = related(scene, o, rel)
-        # the object asked about first, then what is there: "nothing" or "a blue square" is chosen
-        # after the answer has named the object it is relative to, not as its first word
-        lead = f"{rel[0].upper()}{rel[1:]} the {o.ref}, there"
+        # the object asked about first, then its place, then what is there: "nothing" or "a blue
+        # square" is chosen after the answer has named the reference and where it is, so the last
+        # step is a lookup by place ("at the top right": same row, a column to the left), not a
+        # search that must find the reference's place and compare it in one go
+        lead = f"{rel[0].upper()}{rel[1:]} the {o.ref} {where(o.cell)}, there"
         if not rs:
             return f"{lead} is nothing.", "nothing"
         verb = "is" if len(rs) == 1 else "are"
         return f"{lead} {verb} {_join([_a(r.name) for r in rs])}.", "|".join(r.ref for r in rs)
     raise ValueError(form)
+
+
+def counted(scene: Scene, slots: Dict[str, str]) -> List[SceneObject]:
+    """The objects a count-by-attribute question counts: of a colour or size ("attr"), or of a shape
+    ("shapes", the plural)."""
+    if "attr" in slots:
+        a = slots["attr"]
+        return scene.find(colour=a) if a in COLOURS else scene.find(size=a)
+    return scene.find(shape=next(k for k, v in PLURAL.items() if v == slots["shapes"]))
 
 
 def _split_obj(obj: str) -> Tuple[str, str]:
