@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from training.bundle import load_any
 from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
                            scene_and_image, step_rng)
 from training.grounding import (PlaceProbe, lookup_attention_loss, lookup_sample, place_probe_loss, word_align_loss,
@@ -166,6 +167,14 @@ SCHEDULES: Dict[str, Schedule] = {
 
 
 # ----------------------------------------------------------------------------- model
+
+def initial_weights(path: str, dev) -> dict:
+    """What `--init-from` names: a run's <stage>.pt / final.pt or a soup (weights, probes, the next
+    stage), or a bundle folder (its weights only: the committed model, continued without its run)."""
+    if os.path.isdir(path):
+        return {"model": load_any(path).state_dict()}
+    return torch.load(path, map_location=dev)
+
 
 def build_model(preset: str, variant: str) -> SQLLaVA:
     cfg = PRESETS[preset]
@@ -552,7 +561,9 @@ def train(args, tokenizer=None) -> SQLLaVA:
         stage, step, elapsed, opt_state, history = ck["stage"], ck["step"], ck["elapsed"], ck["opt"], ck["history"]
         print(f"[train] resumed from {ckpt_path}: stage {stage} step {step} ({elapsed / 60:.1f} min so far)", flush=True)
     elif args.init_from:
-        ck = torch.load(args.init_from, map_location=dev)
+        ck = initial_weights(args.init_from, dev)
+        if not args.start and "next_stage" not in ck:
+            raise SystemExit(f"--init-from {args.init_from}: a bundle folder needs --start (the stage to run)")
         stage = STAGES.index(args.start) if args.start else ck["next_stage"]
         # a stage before align leaves the projector untrained, so a variant with another
         # projector (no_proto) can share it
@@ -680,7 +691,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
         saved = [p for p in (os.path.join(args.out, f"{st}.pt") for st in STAGES[:STAGES.index("lookup")])
                  if os.path.exists(p)]
         before = saved[-1] if saved else args.init_from
-        model.load_state_dict(interpolate(torch.load(before, map_location=dev)["model"], model.state_dict(),
+        model.load_state_dict(interpolate(initial_weights(before, dev)["model"], model.state_dict(),
                                           sched.lookup_keep))
         print(f"[train] final weights: {sched.lookup_keep:g} of the lookup stage's change from {before}", flush=True)
     if enc.inexact:
@@ -703,7 +714,8 @@ def main(argv=None):
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--sharp-pool", type=int, default=3000)
     ap.add_argument("--init-from", default=None,
-                    help="start after the stage saved in another run's <stage>.pt (vision.pt, language.pt, align.pt)")
+                    help="start after the stage saved in another run's <stage>.pt (vision.pt, language.pt, align.pt), "
+                         "or from a bundle folder's weights (with --start), e.g. models/sq-llava-micro")
     ap.add_argument("--start", default=None, choices=STAGES,
                     help="with --init-from: the first stage to run (default: the one after the stage it saved), e.g. "
                          "lookup again from a finished run's lookup.pt")

@@ -452,3 +452,23 @@ def test_set_changes_schedule_fields_by_their_type():
     for bad in ("lookup_stepz=5", "lookup_steps", "lookup_forms=position,where"):
         with pytest.raises(SystemExit):
             with_settings(SCHEDULES["lookup_short"], [bad])
+
+
+def test_init_from_a_bundle_folder_continues_the_committed_model(tmp_path):
+    """`--init-from models/sq-llava-micro --start lookup`: the bundle's own weights, read back from
+    its ONNX files, are where the stage starts; without --start it is refused."""
+    from training import train as T
+    from training.bundle import load_any
+    out = tmp_path / "cont"
+    args = ["--preset", "micro", "--schedule", "smoke", "--init-from", "models/sq-llava-micro", "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"]
+    with pytest.raises(SystemExit, match="needs --start"):
+        T.main(args)
+    T.main(args + ["--start", "lookup", "--set", "lookup_steps=1", "--set", "lookup_lr=0"])
+    before = load_any("models/sq-llava-micro").state_dict()
+    after = torch.load(out / "final.pt")["model"]
+    # what no graph uses is not in the bundle (CLIP's last layer, post_layernorm, ln_1): initialised
+    unused = ("vision_model.encoder.layers.4.", "vision_model.post_layernorm", "mm_projector.ln_1")
+    held = [k for k in after if not any(u in k for u in unused)]
+    assert before.keys() == after.keys() and len(held) > 100
+    assert all(torch.equal(before[k], after[k]) for k in held)
