@@ -219,7 +219,7 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
             for (i, q), o in zip(part, outs):
                 a = p.text(o)
                 answers.append(a)
-                answer_ok.append(answer_correct(q.form, q.key, a, scenes[i]))
+                answer_ok.append(answer_correct(q.form, q.key, a))
                 ok_by_form[q.form].append(answer_ok[-1])
         res["answer_by_form"] = {f: 100.0 * sum(v) / len(v) for f, v in ok_by_form.items()}
         allok = [x for v in ok_by_form.values() for x in v]
@@ -261,7 +261,7 @@ def evaluate_model(model: SQLLaVA, tok: LlamaTokenizer, scenes: List[Scene], ima
                         forms_seen[form] += 1
                         f2, slots = parse_question(qt)
                         _, key = answer_for(scenes[i], f2, slots)
-                        sq_ok.append(answer_correct(f2, key, at, scenes[i]))
+                        sq_ok.append(answer_correct(f2, key, at))
                     if len(sq_examples) < examples:
                         sq_examples.append({"scene": i, "description": p.text(desc[k]), "question": qt,
                                             "valid": v, "answer": at})

@@ -321,7 +321,7 @@ def _words(text: str) -> str:
     return " " + re.sub(r"[^a-z ]+", " ", text.lower()) + " "
 
 
-def answer_correct(form: str, key: str, answer: str, scene: Optional[Scene] = None) -> bool:
+def answer_correct(form: str, key: str, answer: str) -> bool:
     """Whether a free-text answer states `key` and no competing value."""
     w = _words(answer)
     if form == "relation":
