@@ -9,10 +9,8 @@ grounding; at micro scale it is taught directly:
   one layer, at the position that predicts the answer's key word ("The hexagon is" -> colour),
   are asked to put their attention on that object's image tokens (-log of the share they do);
   a relation question's answer, at the word before the first object it names, on the objects
-  it names ("nothing": no target), or (half of them) at its reference's place word ("To the
-  left of the red circle at the" -> place), on the reference; an existence answer's first word
-  on the object asked for ("no": no target); a count by attribute's number on every object it
-  counts;
+  it names ("nothing": no target); an existence answer's first word on the object asked for
+  ("no": no target); a count by attribute's number on every object it counts;
 - **word alignment**: each projected image token of an object is pulled towards the word
   embeddings of its object's shape and colour (a cosine softmax over the world's shapes and
   colours), so that a word in the question and the object in the image share a direction.
@@ -43,7 +41,6 @@ from training.world.language import sample_question
 from training.world.scene import COLOURS, POSITIONS, SHAPES, Scene
 
 WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
-RELATION_REFERENCE = 0.5  # share of relation lookups asked at the reference's place word
 
 
 @dataclass
@@ -59,10 +56,8 @@ def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder,
     often); raises RuntimeError when none applies."""
     q = sample_question(scene, rng, forms=forms)
     first, pieces = v1_pieces(q.text, q.answer)
-    # a relation's answer looks up twice: the reference's place, then what is there; one per sample
-    reference = q.form == "relation" and rng.random() < RELATION_REFERENCE
-    objects = tuple((SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in looked_up(scene, q, reference))
-    return Sample("v1", first, pieces, scene), LookupTarget(key_position(enc, q, reference), objects)
+    objects = tuple((SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in looked_up(scene, q))
+    return Sample("v1", first, pieces, scene), LookupTarget(key_position(enc, q), objects)
 
 
 def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarget], patches: PatchTargets,

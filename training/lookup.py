@@ -52,12 +52,11 @@ def referent(scene: Scene, q: Question) -> SceneObject:
     return scene.find(colour=colour, shape=shape)[0]
 
 
-def looked_up(scene: Scene, q: Question, reference: bool = False) -> List[SceneObject]:
+def looked_up(scene: Scene, q: Question) -> List[SceneObject]:
     """The objects an answer must look up: the one a question of LOOKUP_FORMS is about, those a
     relation's answer names, nearest first (none where it answers "nothing"), the one an existence
-    question asks for (none: "no") or those a count by attribute counts; with `reference`, the object
-    a relation is relative to, whose place the answer states first."""
-    if q.form == "relation" and not reference:
+    question asks for (none: "no") or those a count by attribute counts."""
+    if q.form == "relation":
         return [] if q.key == "nothing" else [o for ref in q.key.split("|") for o in scene.objects if o.ref == ref]
     if q.form == "existence":
         colour, shape = q.slots["obj"].split(" ")
@@ -67,29 +66,26 @@ def looked_up(scene: Scene, q: Question, reference: bool = False) -> List[SceneO
     return [referent(scene, q)]
 
 
-def key_prefix(q: Question, reference: bool = False) -> str:
+def key_prefix(q: Question) -> str:
     """The answer up to its key word: "The hexagon is", "The pink object is a", "... is at the";
-    for a relation, up to the first object it names ("... of the red circle at the top, there is") or
-    "nothing", or with `reference` up to the reference's place ("... of the red circle at the")."""
-    if q.form == "relation" and reference:
-        lead = f" {q.slots['obj']} at the"
-        return q.answer[:q.answer.index(lead) + len(lead)]
+    for a relation, up to the first object it names ("... of the red circle, there is") or
+    "nothing"; for existence, nothing ("Yes" / "No" comes first); for a count by attribute,
+    "There are" ("two" / "no")."""
     if q.form == "relation":
         first = q.key.split("|")[0]
         key = r"\bnothing\b" if first == "nothing" else rf"\b[Aa]n? (?:{'|'.join(SIZES)}) {first}\b"
         return q.answer[:re.search(key, q.answer).start()].rstrip()
-    if q.form == "existence":  # "Yes" / "No" is the answer's first word
+    if q.form == "existence":
         return ""
-    if q.form == "count_by_attribute":  # "There are" -> "two" / "no"
+    if q.form == "count_by_attribute":
         return q.answer[:re.search(rf"\b{q.key}\b", q.answer).start()].rstrip()
     start = q.answer.index(" is ")
     return q.answer[:q.answer.index(q.key, start)].rstrip()
 
 
-def key_position(enc: TextEncoder, q: Question, reference: bool = False) -> int:
-    """Index, in a `v1` sample's rest tokens, of the position that predicts the answer's key word
-    (`reference`: as key_prefix)."""
-    prefix = key_prefix(q, reference)
+def key_position(enc: TextEncoder, q: Question) -> int:
+    """Index, in a `v1` sample's rest tokens, of the position that predicts the answer's key word."""
+    prefix = key_prefix(q)
     return len(enc.rest([("\n" + q.text + " ASSISTANT:" + (" " + prefix if prefix else ""), False)])[0]) - 1
 
 

@@ -179,11 +179,9 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
     if form == "relation":
         rel = slots["rel"]
         rs = related(scene, o, rel)
-        # the object asked about first, then its place, then what is there: "nothing" or "a blue
-        # square" is chosen after the answer has named the reference and where it is, so the last
-        # step is a lookup by place ("at the top right": same row, a column to the left), not a
-        # search that must find the reference's place and compare it in one go
-        lead = f"{rel[0].upper()}{rel[1:]} the {o.ref} {where(o.cell)}, there"
+        # the object asked about first, then what is there: "nothing" or "a blue square" is chosen
+        # after the answer has named the object it is relative to, not as its first word
+        lead = f"{rel[0].upper()}{rel[1:]} the {o.ref}, there"
         if not rs:
             return f"{lead} is nothing.", "nothing"
         verb = "is" if len(rs) == 1 else "are"
