@@ -563,7 +563,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
     elif args.init_from:
         ck = initial_weights(args.init_from, dev)
         if not args.start and "next_stage" not in ck:
-            raise SystemExit(f"--init-from {args.init_from}: a bundle folder needs --start (the stage to run)")
+            raise SystemExit(f"--init-from {args.init_from} names no next stage (a bundle folder): it needs --start")
         stage = STAGES.index(args.start) if args.start else ck["next_stage"]
         # a stage before align leaves the projector untrained, so a variant with another
         # projector (no_proto) can share it
