@@ -48,8 +48,13 @@ def referent(scene: Scene, q: Question) -> SceneObject:
         return scene.find(shape=q.slots["shape"])[0]
     if q.form == "shape_of_colour":
         return scene.find(colour=q.slots["colour"])[0]
+    return named(scene, q)[0]
+
+
+def named(scene: Scene, q: Question) -> List[SceneObject]:
+    """The objects of the colour and shape a question names ("Is there a blue triangle?")."""
     colour, shape = q.slots["obj"].split(" ")
-    return scene.find(colour=colour, shape=shape)[0]
+    return scene.find(colour=colour, shape=shape)
 
 
 def looked_up(scene: Scene, q: Question) -> List[SceneObject]:
@@ -59,8 +64,7 @@ def looked_up(scene: Scene, q: Question) -> List[SceneObject]:
     if q.form == "relation":
         return [] if q.key == "nothing" else [o for ref in q.key.split("|") for o in scene.objects if o.ref == ref]
     if q.form == "existence":
-        colour, shape = q.slots["obj"].split(" ")
-        return scene.find(colour=colour, shape=shape)
+        return named(scene, q)
     if q.form == "count_by_attribute":
         return counted(scene, q.slots)
     return [referent(scene, q)]

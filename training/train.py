@@ -437,8 +437,8 @@ def with_settings(sched: Schedule, settings: List[str]) -> Schedule:
     values, a bool field 1/0/true/false."""
     changes = {}
     for item in settings:
-        name, _, value = item.partition("=")
-        if name not in {f.name for f in dataclasses.fields(Schedule)} or not _:
+        name, sep, value = item.partition("=")
+        if name not in {f.name for f in dataclasses.fields(Schedule)} or not sep:
             raise SystemExit(f"--set {item}: expected FIELD=VALUE with a Schedule field")
         current = getattr(sched, name)
         if isinstance(current, tuple):

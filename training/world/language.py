@@ -40,6 +40,7 @@ PHRASINGS: Dict[str, List[str]] = {
 
 RELATIONS = ["to the left of", "to the right of", "above", "below"]
 PLURAL = {s: s + ("es" if s.endswith("s") or s.endswith("x") else "s") for s in SHAPES}
+SINGULAR = {p: s for s, p in PLURAL.items()}
 ARTICLE = lambda w: "an" if w[0] in "aeiou" else "a"  # noqa: E731
 
 BRIEF_PROMPT = "Provide a brief description of the given image, your answer should be in one sentence."
@@ -165,7 +166,7 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
             a = slots["attr"]
             return _attr_count_answer(n, f"{a} shapes", f"{a} shape"), number(n) if n else "no"
         s = slots["shapes"]
-        return _attr_count_answer(n, s, next(k for k, v in PLURAL.items() if v == s)), number(n) if n else "no"
+        return _attr_count_answer(n, s, SINGULAR[s]), number(n) if n else "no"
     # forms about one object present in the scene
     colour, shape = _split_obj(slots["obj"])
     found = scene.find(colour=colour, shape=shape)
@@ -195,7 +196,7 @@ def counted(scene: Scene, slots: Dict[str, str]) -> List[SceneObject]:
     if "attr" in slots:
         a = slots["attr"]
         return scene.find(colour=a) if a in COLOURS else scene.find(size=a)
-    return scene.find(shape=next(k for k, v in PLURAL.items() if v == slots["shapes"]))
+    return scene.find(shape=SINGULAR[slots["shapes"]])
 
 
 def _split_obj(obj: str) -> Tuple[str, str]:
