@@ -182,12 +182,28 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
         rs = related(scene, o, rel)
         # the object asked about first, then what is there: "nothing" or "a blue square" is chosen
         # after the answer has named the object it is relative to, not as its first word
-        lead = f"{rel[0].upper()}{rel[1:]} the {o.ref}, there"
-        if not rs:
-            return f"{lead} is nothing.", "nothing"
-        verb = "is" if len(rs) == 1 else "are"
-        return f"{lead} {verb} {_join([_a(r.name) for r in rs])}.", "|".join(r.ref for r in rs)
+        # experiment: the reference's place, then cell by cell, nearest first, what is there
+        lead = f"{rel[0].upper()}{rel[1:]} the {o.ref} {where(o.cell)}"
+        key = "|".join(r.ref for r in rs) if rs else "nothing"
+        cells = cells_towards(o.cell, rel)
+        if not cells:
+            return f"{lead}, there is nothing.", key
+        at = {x.cell: x for x in scene.objects}
+        parts = [f"{where(c)}, there is {_a(at[c].name) if c in at else 'nothing'}" for c in cells]
+        return f"{lead}: " + "; ".join(parts) + ".", key
     raise ValueError(form)
+
+
+def cells_towards(cell: int, rel: str) -> List[int]:
+    """The grid cells `rel` a cell, nearest first."""
+    row, col = divmod(cell, 3)
+    if rel == "to the left of":
+        return [row * 3 + c for c in range(col - 1, -1, -1)]
+    if rel == "to the right of":
+        return [row * 3 + c for c in range(col + 1, 3)]
+    if rel == "above":
+        return [r * 3 + col for r in range(row - 1, -1, -1)]
+    return [r * 3 + col for r in range(row + 1, 3)]
 
 
 def counted(scene: Scene, slots: Dict[str, str]) -> List[SceneObject]:
@@ -324,9 +340,7 @@ def answer_correct(form: str, key: str, answer: str) -> bool:
     """Whether a free-text answer states `key` and no competing value."""
     w = _words(answer)
     if form == "relation":
-        if key == "nothing":
-            return " nothing " in w
-        wanted = set(key.split("|"))
+        wanted = set() if key == "nothing" else set(key.split("|"))
         mentioned = set(re.findall(r" (?=((?:%s) (?:%s)) )" % ("|".join(COLOURS), "|".join(SHAPES)), w))
         # the reference object itself appears after the relation words; ignore it
         target = None
@@ -335,7 +349,7 @@ def answer_correct(form: str, key: str, answer: str) -> bool:
         if m:
             target = m.group(1)
         mentioned.discard(target)
-        return mentioned == wanted
+        return mentioned == wanted and (bool(wanted) or " nothing " in w)
     if form == "position":
         m = re.search(r" (?:at the|on the|in the) (top left|top right|bottom left|bottom right|top|bottom|left|right|center) ", w)
         return bool(m) and m.group(1) == key
