@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from training.data import Sample, TextEncoder, v1_pieces
 from training.lookup import LOOKUP_FORMS, key_position, looked_up, object_patches
 from training.probe import NONE, PatchTargets
-from training.world.language import sample_question
+from training.world.language import sample_question, shared_count_question
 from training.world.scene import COLOURS, POSITIONS, SHAPES, Scene
 
 WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
@@ -49,12 +49,17 @@ class LookupTarget:
     objects: Tuple[Tuple[int, int], ...]  # (shape, colour) of each object to look at; none: no attention loss
 
 
+SHARED_COUNT = "shared_count"
+
+
 def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder,
                   forms: Sequence[str] = LOOKUP_FORMS) -> Tuple[Sample, LookupTarget]:
     """A single question (`v1`) of `forms` (LOOKUP_FORMS, "relation", "existence" and
     "count_by_attribute": what each looks up is `looked_up`'s; a form listed twice is drawn twice as
-    often); raises RuntimeError when none applies."""
-    q = sample_question(scene, rng, forms=forms)
+    often; SHARED_COUNT, a count by attribute whose answer is two or more); raises RuntimeError
+    when none applies."""
+    form = rng.choice(forms) if SHARED_COUNT in forms else None
+    q = shared_count_question(scene, rng) if form == SHARED_COUNT else sample_question(scene, rng, form, forms)
     first, pieces = v1_pieces(q.text, q.answer)
     objects = tuple((SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in looked_up(scene, q))
     return Sample("v1", first, pieces, scene), LookupTarget(key_position(enc, q), objects)

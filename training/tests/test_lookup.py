@@ -132,3 +132,26 @@ def test_existence_counts_and_relations_look_up_what_their_answer_depends_on(for
         sample, target = lookup_sample(scene, rng, enc, forms=(form,))
         assert target.at < len(enc.rest(sample.pieces)[0])
     assert kinds == {True, False}
+
+
+def test_shared_counts_ask_only_counts_of_two_or_more_and_look_at_each_counted_object(enc):
+    """`shared_count` lookups are counts by attribute whose answer is two or more (the natural mix
+    asks them too rarely), phrased as the natural ones and looking at every object counted."""
+    from training.grounding import SHARED_COUNT, lookup_sample
+    from training.world.language import answer_correct, counted, parse_question, shared_count_question
+    asked = 0
+    for i in range(60):
+        scene = scene_for("test", i)
+        shared = any(len(counted(scene, {"attr": a})) >= 2 for a in {o.colour for o in scene.objects} |
+                     {o.size for o in scene.objects}) or len({o.shape for o in scene.objects}) < len(scene.objects)
+        try:
+            q = shared_count_question(scene, random.Random(i))
+        except RuntimeError:
+            assert not shared
+            continue
+        asked += 1
+        assert q.form == "count_by_attribute" and q.key in ("two", "three", "four")
+        assert parse_question(q.text) == (q.form, q.slots) and answer_correct(q.form, q.key, q.answer)
+        sample, target = lookup_sample(scene, random.Random(i), enc, forms=(SHARED_COUNT,))
+        assert len(target.objects) >= 2
+    assert asked >= 20
