@@ -102,10 +102,3 @@ def load_any(path) -> SQLLaVA:
     model = SQLLaVA(config_from_dict(ck["config"]))
     model.load_state_dict(ck["model"])
     return model.eval()
-
-
-def fp16_rounded(model: SQLLaVA) -> SQLLaVA:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.half().float())
-    return model

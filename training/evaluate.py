@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -30,8 +31,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from training.bundle import fp16_rounded, load_any
+from training.bundle import load_any
 from training.data import preprocess_image, scene_text
+from training.export import fp16_rounded
 from training.sqllava.conversation import SYSTEM_V1, SYSTEM_V1_SQ
 from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
@@ -282,7 +284,6 @@ def test_images(n: int, size: int, seed_offset: int = 0, augment: bool = True, r
                 ) -> Tuple[List[Scene], torch.Tensor]:
     """Test scenes rendered by PIL (with the training augmentations) or as SVG rasterised by
     sharp/librsvg (then JPEG/alpha/blur the same way)."""
-    import os
     import subprocess
     import tempfile
     from PIL import Image
@@ -369,7 +370,6 @@ def main(argv=None) -> int:
         args.ablation = []
     tok = LlamaTokenizer.from_file()
     if args.ablation is None:
-        import os
         args.ablation = [f"{n}={p}" for n, p in (("w/o self-questioning", "runs/micro-no_sq/final.pt"),
                                                  ("w/o prototype extractor", "runs/micro-no_proto/final.pt"))
                          if os.path.exists(p)]
@@ -379,7 +379,7 @@ def main(argv=None) -> int:
     rows = []
     for name, path in models:
         model = load_any(path)
-        if not __import__("os").path.isdir(path):
+        if not os.path.isdir(path):
             model = fp16_rounded(model)
         if images is None:
             scenes, images = test_images(args.scenes, model.cfg.vision.image_size, seed_offset=args.first_scene,
