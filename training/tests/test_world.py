@@ -107,6 +107,11 @@ def test_answer_checker_rejects_wrong_answers():
     assert answer_correct("count_by_attribute", "no", "There are no red shapes.")
     assert answer_correct("relation", "green star", "A small green star is to the left of the red circle.")
     assert not answer_correct("relation", "nothing", "A small green star is to the left of the red circle.")
+    cells = "To the left of the red circle at the top right: at the top, there is nothing; at the top left, there is"
+    assert answer_correct("relation", "green star", cells + " a small green star.")
+    assert not answer_correct("relation", "nothing", cells + " a small green star.")  # "nothing" and an object
+    assert answer_correct("relation", "nothing", cells + " nothing.")
+    assert not answer_correct("relation", "green star", cells + " nothing.")
 
 
 def test_self_question_validity():
@@ -128,15 +133,22 @@ def test_conversations():
 
 def test_answers_name_the_object_asked_about_before_the_choice():
     """Every place takes "at the" (the place is chosen at the place word), and a relation answer
-    names its reference object before saying what, if anything, is there."""
-    from training.world.language import answer_for, where
+    names its reference object and its place, then goes cell by cell, nearest first, saying what
+    is in each (each step a lookup of one place)."""
+    from training.world.language import answer_for, cells_towards, where
     from training.world.scene import POSITIONS
     assert [where(p) for p in POSITIONS] == [f"at the {p}" for p in POSITIONS]
+    assert cells_towards(8, "to the left of") == [7, 6] and cells_towards(0, "below") == [3, 6]
+    assert cells_towards(4, "above") == [1] and cells_towards(2, "to the right of") == []
     for s in SCENES[:200]:
+        at = {o.cell: o for o in s.objects}
         for o in s.objects:
             for rel in ("to the left of", "to the right of", "above", "below"):
                 ans, key = answer_for(s, "relation", {"obj": o.ref, "rel": rel})
-                assert ans.startswith(f"{rel[0].upper()}{rel[1:]} the {o.ref}, there ")
-                assert ans.endswith("is nothing.") == (key == "nothing")
+                lead = f"{rel[0].upper()}{rel[1:]} the {o.ref} {where(o.cell)}"
+                cells = cells_towards(o.cell, rel)
+                said = [f"{where(c)}, there is {'nothing' if c not in at else 'a'}" for c in cells]
+                assert ans.startswith(lead) and [p for p in said if p not in ans] == []
+                assert (key == "nothing") == all(c not in at for c in cells)
                 assert answer_correct("relation", key, ans) and (key == "nothing" or not answer_correct(
                     "relation", "nothing", ans))
