@@ -2,12 +2,13 @@
 
     /usr/bin/python3 -m training.lookup --model models/sq-llava-micro --scenes 150
 
-For questions about one object ("What color is the hexagon?"), on held-out scenes of two or
-more objects, with the reference answer given (teacher forcing):
+For questions about one object ("What color is the hexagon?"), or (--forms relation existence
+count_by_attribute) whose answer looks objects up ("Is there a blue triangle?" -> "Yes"), on
+held-out scenes of two or more objects, with the reference answer given (teacher forcing):
 
   answer right   every token of the reference answer is the model's argmax
   own / other    each head's attention, at the position that predicts the answer's key word
-                 ("The hexagon is" -> colour), on the image tokens of the asked-about object and
+                 ("The hexagon is" -> colour), on the image tokens of the looked-up objects and
                  on those of the other objects; a head that looks the object up has own >> other,
                  a head that looks at objects in general has own/other near their areas' ratio
   asked (layer)  how well a linear probe reads the asked-about attribute at that position, at
@@ -40,6 +41,8 @@ from training.world.render import render_augmented
 from training.world.scene import COLOURS, SHAPES, SIZES, Scene, SceneObject, scene_for
 
 LOOKUP_FORMS = ("colour_of_shape", "shape_of_colour", "position", "size")
+# forms whose answer looks up objects the question does not single out (`looked_up`)
+MULTI_FORMS = ("relation", "existence", "count_by_attribute")
 
 
 def referent(scene: Scene, q: Question) -> SceneObject:
@@ -102,12 +105,13 @@ def object_patches(patches: PatchTargets, shape, colour) -> torch.Tensor:
 class LookupCase:
     scene: Scene
     question: Question
-    target: SceneObject
+    targets: List[SceneObject]  # what the answer's key word looks up (`looked_up`)
     pixels: torch.Tensor
 
 
 def lookup_cases(form: str, n: int, size: int, start: int = 10_000) -> List[LookupCase]:
-    """`n` test scenes with two or more objects and a question of `form` about one of them."""
+    """`n` test scenes with two or more objects and a question of `form` whose answer looks
+    something up (a relation answered "nothing", a "no" or a count of none are passed over)."""
     cases, i = [], start
     while len(cases) < n:
         scene = scene_for("test", i)
@@ -119,8 +123,11 @@ def lookup_cases(form: str, n: int, size: int, start: int = 10_000) -> List[Look
             q = sample_question(scene, rng, form=form)
         except (RuntimeError, ValueError):
             continue
+        targets = looked_up(scene, q)
+        if not targets:
+            continue
         img = render_augmented(scene, rng, strength=0.0)
-        cases.append(LookupCase(scene, q, referent(scene, q), preprocess_image(img, size)))
+        cases.append(LookupCase(scene, q, targets, preprocess_image(img, size)))
     return cases
 
 
@@ -129,13 +136,17 @@ class LookupReport:
     form: str
     n: int
     answer_right: float
-    own: torch.Tensor  # [layers, heads] mean attention on the asked-about object's image tokens
+    own: torch.Tensor  # [layers, heads] mean attention on the looked-up objects' image tokens
     other: torch.Tensor  # [layers, heads] ... on the other objects' image tokens
     asked: Optional[List[float]] = None  # linear-probe accuracy of the asked attribute per layer input
     answer: Optional[List[float]] = None  # ... of the answer's key
 
 
 def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe: bool = False) -> LookupReport:
+    """Teacher-forced answers, attention shares at the key word and (`probe`, LOOKUP_FORMS only:
+    the others have no single asked attribute or answer key) the linear probes."""
+    if probe and cases[0].question.form not in LOOKUP_FORMS:
+        raise ValueError(f"--probe reads one asked attribute and answer key: {', '.join(LOOKUP_FORMS)} only")
     layers = [layer.self_attn for layer in model.model.layers]
     grid = model.cfg.vision.grid_size
     n_img = grid * grid
@@ -166,7 +177,9 @@ def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe
             right += bool((logits[0, loss_at].argmax(-1) == b.rest_ids[0, b.labels[0]]).all())
             targets = patch_targets([case.scene], grid)
             objects = targets.shape[0] != len(SHAPES)
-            mine = object_patches(targets, SHAPES.index(case.target.shape), COLOURS.index(case.target.colour))[0]
+            mine = torch.zeros_like(objects)
+            for o in case.targets:
+                mine |= object_patches(targets, SHAPES.index(o.shape), COLOURS.index(o.colour))[0]
             p = tp + n_img + at
             att = torch.stack([m.attention[0, :, p, tp:tp + n_img] for m in layers])  # [L,H,N]
             o, r = (att * mine).sum(-1), (att * (objects & ~mine)).sum(-1)
@@ -237,11 +250,13 @@ def format_report(r: LookupReport) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/sq-llava-micro", help="bundle folder or training checkpoint")
-    ap.add_argument("--forms", nargs="+", default=list(LOOKUP_FORMS), choices=LOOKUP_FORMS)
+    ap.add_argument("--forms", nargs="+", default=list(LOOKUP_FORMS), choices=LOOKUP_FORMS + MULTI_FORMS)
     ap.add_argument("--scenes", type=int, default=150)
     ap.add_argument("--probe", action="store_true", help="also probe the asked attribute at each layer")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.probe and set(args.forms) - set(LOOKUP_FORMS):
+        ap.error(f"--probe reads one asked attribute and answer key: forms {', '.join(LOOKUP_FORMS)} only")
     torch.set_num_threads(args.threads)
     model = load_any(args.model)
     enc = TextEncoder(LlamaTokenizer.from_file())

@@ -155,3 +155,16 @@ def test_shared_counts_ask_only_counts_of_two_or_more_and_look_at_each_counted_o
         sample, target = lookup_sample(scene, random.Random(i), enc, forms=(SHARED_COUNT,))
         assert len(target.objects) >= 2
     assert asked >= 20
+
+
+@pytest.mark.parametrize("form", ["relation", "existence", "count_by_attribute"])
+def test_the_diagnostic_measures_answers_that_look_up_several_objects(form, enc):
+    from training.lookup import looked_up
+    torch.manual_seed(0)
+    model = build_model("tiny", "full").eval()
+    cases = lookup_cases(form, 4, model.cfg.vision.image_size)
+    assert all(c.targets == looked_up(c.scene, c.question) and c.targets for c in cases)
+    r = measure(model, enc, cases)
+    assert ((r.own >= 0) & (r.own + r.other <= 1 + 1e-5)).all() and r.own.sum() > 0
+    with pytest.raises(ValueError, match="--probe"):
+        measure(model, enc, cases, probe=True)
