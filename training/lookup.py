@@ -75,7 +75,7 @@ def looked_up(scene: Scene, q: Question) -> List[SceneObject]:
 
 def key_prefix(q: Question) -> str:
     """The answer up to its key word: "The hexagon is", "The pink object is a", "... is at the";
-    for a relation, up to the first object it names ("... of the red circle, there is") or
+    for a relation, up to the first object it names ("... at the top left, there is") or
     "nothing"; for existence, nothing ("Yes" / "No" comes first); for a count by attribute,
     "There are" ("two" / "no")."""
     if q.form == "relation":

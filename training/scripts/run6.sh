@@ -7,6 +7,10 @@
 #
 # About 3 h 20 min on one core: steps in a pair (A B, C D, P R) are independent and were run side by
 # side, one thread each. Every step resumes from its own checkpoint if interrupted.
+#
+# Run 6 spoke the relation phrasing of commit 2adba42 ("To the left of the red circle, there is a
+# blue square."): run this script from that commit to make run 6 itself. Its PR.pt is where
+# training/scripts/run7.sh (the committed bundle) starts; that commit's run6.sh also exported it.
 set -eu
 RUN5=${1:?"run 5's final.pt (python3 -m training.train --schedule gpu_lookup --out runs/run5)"}
 OUT=${2:-runs/run6}
@@ -27,4 +31,3 @@ lookup --init-from "$OUT/E/lookup.pt" --out "$OUT/P" --set lookup_steps=600 $MIX
 lookup --init-from "$OUT/E/lookup.pt" --out "$OUT/R" --set lookup_steps=600 $MIX \
   --set lookup_forms=colour_of_shape,shape_of_colour,position,size,position,relation,relation,relation
 $PY -m training.soup "$OUT/P/lookup.pt" "$OUT/R/lookup.pt" --weight 0.5 --out "$OUT/PR.pt"
-$PY -c "import sys; from training.bundle import export_micro; export_micro(sys.argv[1], 'models/sq-llava-micro', command='training/scripts/run6.sh')" "$OUT/PR.pt"

@@ -180,9 +180,9 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
     if form == "relation":
         rel = slots["rel"]
         rs = related(scene, o, rel)
-        # the object asked about first, then what is there: "nothing" or "a blue square" is chosen
-        # after the answer has named the object it is relative to, not as its first word
-        # experiment: the reference's place, then cell by cell, nearest first, what is there
+        # the object asked about and its place, then cell by cell towards `rel`, nearest first,
+        # what is in each: every "nothing" or "a blue square" is then a lookup of one place,
+        # not a comparison of two objects' places (training/README.md, sessions 9 and 10)
         lead = f"{rel[0].upper()}{rel[1:]} the {o.ref} {where(o.cell)}"
         key = "|".join(r.ref for r in rs) if rs else "nothing"
         cells = cells_towards(o.cell, rel)
