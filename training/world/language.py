@@ -102,19 +102,20 @@ def detailed_caption(scene: Scene, rng: Optional[random.Random] = None) -> str:
 
 def related(scene: Scene, obj: SceneObject, rel: str) -> List[SceneObject]:
     """Objects `rel` obj: same row (left/right) or same column (above/below), nearest first."""
-    out = []
-    for o in scene.objects:
-        if o is obj:
-            continue
-        if rel == "to the left of" and o.row == obj.row and o.col < obj.col:
-            out.append((obj.col - o.col, o))
-        elif rel == "to the right of" and o.row == obj.row and o.col > obj.col:
-            out.append((o.col - obj.col, o))
-        elif rel == "above" and o.col == obj.col and o.row < obj.row:
-            out.append((obj.row - o.row, o))
-        elif rel == "below" and o.col == obj.col and o.row > obj.row:
-            out.append((o.row - obj.row, o))
-    return [o for _, o in sorted(out, key=lambda t: t[0])]
+    at = {o.cell: o for o in scene.objects}
+    return [at[c] for c in cells_towards(obj.cell, rel) if c in at]
+
+
+def cells_towards(cell: int, rel: str) -> List[int]:
+    """The grid cells `rel` a cell, nearest first."""
+    row, col = divmod(cell, 3)
+    if rel == "to the left of":
+        return [row * 3 + c for c in range(col - 1, -1, -1)]
+    if rel == "to the right of":
+        return [row * 3 + c for c in range(col + 1, 3)]
+    if rel == "above":
+        return [r * 3 + col for r in range(row - 1, -1, -1)]
+    return [r * 3 + col for r in range(row + 1, 3)]
 
 
 # ----------------------------------------------------------------------------- questions
@@ -192,18 +193,6 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
         parts = [f"{where(c)}, there is {_a(at[c].name) if c in at else 'nothing'}" for c in cells]
         return f"{lead}: " + "; ".join(parts) + ".", key
     raise ValueError(form)
-
-
-def cells_towards(cell: int, rel: str) -> List[int]:
-    """The grid cells `rel` a cell, nearest first."""
-    row, col = divmod(cell, 3)
-    if rel == "to the left of":
-        return [row * 3 + c for c in range(col - 1, -1, -1)]
-    if rel == "to the right of":
-        return [row * 3 + c for c in range(col + 1, 3)]
-    if rel == "above":
-        return [r * 3 + col for r in range(row - 1, -1, -1)]
-    return [r * 3 + col for r in range(row + 1, 3)]
 
 
 def counted(scene: Scene, slots: Dict[str, str]) -> List[SceneObject]:
