@@ -243,7 +243,7 @@ class Batch:
     labels: torch.Tensor  # [B,T] bool: token is a loss target
     template: str
     scenes: List[Scene]
-    lookup: Optional[list] = None  # training.grounding.LookupTarget per row (the lookup stage's questions)
+    lookup: Optional[list] = None  # training.grounding.LookupTarget of the lookup stage's questions, each naming its row
 
 
 def collate(samples: List[Sample], pixels: List[torch.Tensor], enc: TextEncoder) -> Batch:

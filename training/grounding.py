@@ -9,7 +9,8 @@ grounding; at micro scale it is taught directly:
   one layer, at the position that predicts the answer's key word ("The hexagon is" -> colour),
   are asked to put their attention on that object's image tokens (-log of the share they do);
   a relation question's answer, at the word before the first object it names, on the objects
-  it names ("nothing": no target); an existence answer's first word on the object asked for
+  it names ("nothing": no target), or (`relation_cells`) at each cell's "there is" on that cell:
+  its object, or its patches where it is empty; an existence answer's first word on the object asked for
   ("no": no target); a count by attribute's number on every object it counts;
 - **word alignment**: each projected image token of an object is pulled towards the word
   embeddings of its object's shape and colour (a cosine softmax over the world's shapes and
@@ -35,9 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training.data import Sample, TextEncoder, v1_pieces
-from training.lookup import LOOKUP_FORMS, key_position, looked_up, object_patches
-from training.probe import NONE, PatchTargets
-from training.world.language import sample_question, shared_count_question
+from training.lookup import LOOKUP_FORMS, cell_prefixes, key_position, looked_up, object_patches, prefix_position
+from training.probe import NONE, PatchTargets, cell_patches
+from training.world.language import Question, sample_question, shared_count_question
 from training.world.scene import COLOURS, POSITIONS, SHAPES, Scene
 
 WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
@@ -46,47 +47,67 @@ WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
 @dataclass
 class LookupTarget:
     at: int  # index in the sample's rest tokens of the position that predicts the key word
-    objects: Tuple[Tuple[int, int], ...]  # (shape, colour) of each object to look at; none: no attention loss
+    objects: Tuple[Tuple[int, int], ...]  # (shape, colour) of each object to look at
+    region: Tuple[int, ...] = ()  # patch tokens to look at besides (an empty grid cell); none of both: no loss
+    row: int = 0  # the sample's row in its batch
 
 
 SHARED_COUNT = "shared_count"
 
 
-def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder,
-                  forms: Sequence[str] = LOOKUP_FORMS) -> Tuple[Sample, LookupTarget]:
+def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder, forms: Sequence[str] = LOOKUP_FORMS,
+                  cell_grid: int = 0) -> Tuple[Sample, List[LookupTarget]]:
     """A single question (`v1`) of `forms` (LOOKUP_FORMS, "relation", "existence" and
     "count_by_attribute": what each looks up is `looked_up`'s; a form listed twice is drawn twice as
-    often; SHARED_COUNT, a count by attribute whose answer is two or more); raises RuntimeError
-    when none applies."""
+    often; SHARED_COUNT, a count by attribute whose answer is two or more) and where its answer
+    looks: one target, or with `cell_grid` (the image's patch grid side) one per cell of a relation
+    answer (`relation_cell_targets`); raises RuntimeError when none applies."""
     form = rng.choice(forms) if SHARED_COUNT in forms else None
     q = shared_count_question(scene, rng) if form == SHARED_COUNT else sample_question(scene, rng, form, forms)
     first, pieces = v1_pieces(q.text, q.answer)
+    sample = Sample("v1", first, pieces, scene)
+    if cell_grid and q.form == "relation":
+        return sample, relation_cell_targets(scene, q, enc, cell_grid)
     objects = tuple((SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in looked_up(scene, q))
-    return Sample("v1", first, pieces, scene), LookupTarget(key_position(enc, q), objects)
+    return sample, [LookupTarget(key_position(enc, q), objects)]
+
+
+def relation_cell_targets(scene: Scene, q: Question, enc: TextEncoder, grid: int) -> List[LookupTarget]:
+    """A relation answered cell by cell looks, at each "there is", at that cell: at the object in
+    it, or at the empty cell's patches (the answer says "nothing"). Every step is taught, not only
+    the first object named (session 11)."""
+    at = {o.cell: o for o in scene.objects}
+    return [LookupTarget(prefix_position(enc, q, prefix),
+                         ((SHAPES.index(at[c].shape), COLOURS.index(at[c].colour)),) if c in at else (),
+                         () if c in at else cell_patches(scene, grid, c))
+            for c, prefix in cell_prefixes(scene, q)]
 
 
 def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarget], patches: PatchTargets,
                           prefix_len: int, heads: Sequence[int]) -> torch.Tensor:
-    """-log of the attention share on the objects to look up's image tokens, over the rows that
-    have any (a relation answered "nothing", a "no" or a count of none have none).
+    """-log of the attention share on each target's objects' image tokens (and region), averaged
+    over the targets that have any (a relation answered "nothing" as a whole, a "no" or a count of
+    none have none).
 
     `attention` [B,H,T,P] is one layer's, kept by `lm_loss`'s decode over [image tokens, rest]
-    after the shared prefix: the query of rest token r is row n + r, image token j is key
-    prefix_len + j.
+    after the shared prefix: the query of rest token r of row b is attention[b, :, n + r], image
+    token j is key prefix_len + j.
     """
-    b = attention.shape[0]
+    if not targets:
+        return attention.new_zeros(())
     n = patches.shape.shape[1]
+    rows = torch.tensor([t.row for t in targets], device=attention.device)
     at = torch.tensor([n + t.at for t in targets], device=attention.device)
-    rows = attention[torch.arange(b, device=attention.device), :, at]  # [B,H,P]
-    img = rows[:, list(heads), prefix_len:prefix_len + n]  # [B,h,N]
-    own = torch.zeros(b, n, dtype=torch.bool, device=patches.shape.device)
+    img = attention[rows, :, at][:, list(heads), prefix_len:prefix_len + n]  # [targets,h,N]
+    own = torch.zeros(len(targets), n, dtype=torch.bool, device=patches.shape.device)
     for i, t in enumerate(targets):
         for shape, colour in t.objects:
-            own[i] |= object_patches(patches, shape, colour)[i]
+            own[i] |= object_patches(patches, shape, colour)[t.row]
+        own[i, list(t.region)] = True
     has = own.any(-1).to(attention.device)
     if not has.any():
         return attention.new_zeros(())
-    share = (img * own.to(attention.device)[:, None]).sum(-1)  # [B,h]
+    share = (img * own.to(attention.device)[:, None]).sum(-1)  # [targets,h]
     return -share[has].clamp_min(1e-6).log().mean()
 
 

@@ -26,7 +26,7 @@ import argparse
 import random
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from training.data import Sample, TextEncoder, collate, preprocess_image, v1_pie
 from training.probe import PatchTargets, patch_targets
 from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
-from training.world.language import ANSWER_KEYS, Question, counted, sample_question
+from training.world.language import ANSWER_KEYS, Question, cells_towards, counted, sample_question
 from training.world.render import render_augmented
 from training.world.scene import COLOURS, SHAPES, SIZES, Scene, SceneObject, scene_for
 
@@ -92,8 +92,23 @@ def key_prefix(q: Question) -> str:
 
 def key_position(enc: TextEncoder, q: Question) -> int:
     """Index, in a `v1` sample's rest tokens, of the position that predicts the answer's key word."""
-    prefix = key_prefix(q)
+    return prefix_position(enc, q, key_prefix(q))
+
+
+def prefix_position(enc: TextEncoder, q: Question, prefix: str) -> int:
+    """Index, in a `v1` sample's rest tokens, of the last token of the answer's `prefix` (the
+    position that predicts the word after it)."""
     return len(enc.rest([("\n" + q.text + " ASSISTANT:" + (" " + prefix if prefix else ""), False)])[0]) - 1
+
+
+def cell_prefixes(scene: Scene, q: Question) -> List[Tuple[int, str]]:
+    """Each grid cell a relation answer goes through, nearest first, with the answer up to what it
+    holds: (1, "... at the top, there is"), (0, "...; at the top left, there is"); none where the
+    asked object has no cell that way ("..., there is nothing.")."""
+    cells = cells_towards(named(scene, q)[0].cell, q.slots["rel"])
+    ends = [m.end() for m in re.finditer(r"\bthere is\b", q.answer)] if cells else []
+    assert len(ends) == len(cells), q.answer
+    return [(c, q.answer[:e]) for c, e in zip(cells, ends)]
 
 
 def object_patches(patches: PatchTargets, shape, colour) -> torch.Tensor:

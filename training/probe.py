@@ -39,6 +39,19 @@ def padded_canvas(scene: Scene) -> Tuple[float, float, float, float]:
     return w, h, (1 - w) / 2, (1 - h) / 2
 
 
+def cell_patches(scene: Scene, grid: int, cell: int) -> Tuple[int, ...]:
+    """The patch tokens whose centre lies in grid cell `cell` (0..8) of the scene's canvas: where an
+    empty cell is seen."""
+    w, h, x0, y0 = padded_canvas(scene)
+    row, col = divmod(cell, 3)
+    inside = []
+    for k in range(grid * grid):
+        x, y = ((k % grid) + 0.5) / grid, ((k // grid) + 0.5) / grid
+        if x0 + col * w / 3 <= x < x0 + (col + 1) * w / 3 and y0 + row * h / 3 <= y < y0 + (row + 1) * h / 3:
+            inside.append(k)
+    return tuple(inside)
+
+
 @dataclass
 class PatchTargets:
     shape: torch.Tensor  # [B,P] shape index or NONE

@@ -106,6 +106,9 @@ class Schedule:
     # its questions' forms (one listed twice is drawn twice as often); "relation" may join them: its
     # answer looks up the objects it names, from the word before the first ("... there is" -> "a")
     lookup_forms: Tuple[str, ...] = LOOKUP_FORMS
+    # a relation's answer looks, at each cell's "there is", at that cell (the object in it, or the
+    # empty cell's patches), instead of only at the first object it names (session 11)
+    relation_cells: bool = False
     # the share of the lookup stage's single-turn (v1) instruct samples that are captions instead
     # (align's: brief or detailed): the stage costs captions otherwise (training/README.md, session 8)
     lookup_captions: float = 0.0
@@ -363,18 +366,19 @@ class Data:
     def lookup_batch(self, step: int, bsz: int) -> Tuple[Batch, PatchTargets]:
         """Single questions about one object each (`v1`), with where their answers look it up."""
         samples, pix, lookup = [], [], []
+        grid = self.cfg.vision.grid_size if self.sched.relation_cells else 0
         for i in range(bsz):
             rng = step_rng(self.seed, STAGES.index("lookup"), step, i)
             while True:
                 s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
                 try:
-                    sample, target = lookup_sample(s, rng, self.enc, self.sched.lookup_forms)
+                    sample, targets = lookup_sample(s, rng, self.enc, self.sched.lookup_forms, grid)
                     break
                 except RuntimeError:  # no question about one object applies (e.g. two hexagons)
                     continue
             samples.append(sample)
             pix.append(p)
-            lookup.append(target)
+            lookup += [dataclasses.replace(t, row=i) for t in targets]
         batch = dataclasses.replace(collate(samples, pix, self.enc), lookup=lookup)
         return batch, patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
 

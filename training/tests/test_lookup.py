@@ -10,7 +10,7 @@ from training.lookup import LOOKUP_FORMS, format_report, key_prefix, lookup_case
 from training.sqllava.tokenizer import LlamaTokenizer
 from training.train import build_model
 from training.world.language import sample_question
-from training.world.scene import scene_for
+from training.world.scene import COLOURS, SHAPES, scene_for
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,53 @@ def test_existence_counts_and_relations_look_up_what_their_answer_depends_on(for
         after = enc.tok.decode(ids[key_position(enc, q) + 1:]).strip()
         key = q.key if form != "relation" else ("a" if objs else "nothing")  # "... there is" -> "a big ..."
         assert after.lower().startswith(key), (q.answer, after)
-        sample, target = lookup_sample(scene, rng, enc, forms=(form,))
+        sample, [target] = lookup_sample(scene, rng, enc, forms=(form,))
         assert target.at < len(enc.rest(sample.pieces)[0])
     assert kinds == {True, False}
+
+
+def test_relation_cells_look_at_each_cell_the_answer_goes_through(enc):
+    """`relation_cells`: a relation answer looks, at each cell's "there is", at the object in that
+    cell, or at the empty cell's patches where it says "nothing"; the next token starts what the
+    cell holds, and the patches lie inside the cell, on every canvas shape."""
+    from training.grounding import lookup_sample
+    from training.probe import cell_patches, padded_canvas
+    from training.world.language import cells_towards
+    seen = {"object": 0, "empty": 0, "edge": 0}
+    for i in range(80):
+        scene = scene_for("test", i)
+        try:
+            q = sample_question(scene, random.Random(i), form="relation")
+        except (RuntimeError, ValueError):
+            continue
+        sample, targets = lookup_sample(scene, random.Random(i), enc, forms=("relation",), cell_grid=8)
+        assert q.answer in sample.pieces[-1][0]
+        colour, shape = q.slots["obj"].split(" ")
+        cells = cells_towards(scene.find(colour=colour, shape=shape)[0].cell, q.slots["rel"])
+        assert len(targets) == len(cells)
+        seen["edge"] += not cells
+        ids = enc.rest(sample.pieces)[0]
+        at = {o.cell: o for o in scene.objects}
+        for cell, t in zip(cells, targets):
+            after = enc.tok.decode(ids[t.at + 1:]).strip()
+            if cell in at:
+                seen["object"] += 1
+                assert after.startswith(("a ", "an ")) and after.split(" ", 1)[1].startswith(at[cell].name)
+                assert t.objects == ((SHAPES.index(at[cell].shape), COLOURS.index(at[cell].colour)),) and not t.region
+            else:
+                seen["empty"] += 1
+                assert after.startswith("nothing") and not t.objects and t.region
+                w, h, x0, y0 = padded_canvas(scene)
+                row, col = divmod(cell, 3)
+                for k in t.region:
+                    x, y = (k % 8 + 0.5) / 8, (k // 8 + 0.5) / 8
+                    assert col == int((x - x0) / w * 3) and row == int((y - y0) / h * 3)
+    assert min(seen.values()) >= 5, seen
+    # every cell of every canvas shape holds at least one patch centre, and the nine partition them
+    for i in range(40):
+        scene = scene_for("test", i)
+        regions = [set(cell_patches(scene, 8, c)) for c in range(9)]
+        assert all(regions) and sum(map(len, regions)) == len(set().union(*regions))
 
 
 def test_shared_counts_ask_only_counts_of_two_or_more_and_look_at_each_counted_object(enc):
@@ -152,7 +196,7 @@ def test_shared_counts_ask_only_counts_of_two_or_more_and_look_at_each_counted_o
         asked += 1
         assert q.form == "count_by_attribute" and q.key in ("two", "three", "four")
         assert parse_question(q.text) == (q.form, q.slots) and answer_correct(q.form, q.key, q.answer)
-        sample, target = lookup_sample(scene, random.Random(i), enc, forms=(SHARED_COUNT,))
+        sample, [target] = lookup_sample(scene, random.Random(i), enc, forms=(SHARED_COUNT,))
         assert len(target.objects) >= 2
     assert asked >= 20
 

@@ -401,6 +401,30 @@ def test_relation_lookups_look_at_every_object_named_and_skip_nothing_answers(to
     assert lookup_attention_loss(att, empty, patches, tp, [0, 1]) == 0
 
 
+def test_relation_cells_give_each_row_one_target_per_cell_and_the_loss_reads_each_at_its_row(tok):
+    """`relation_cells`: a batch's relation rows carry one target per cell (its object's tokens or
+    the empty cell's patches); attention put exactly there costs nothing, attention spread does."""
+    from training.grounding import lookup_attention_loss
+    model = build_model("tiny", "full")
+    sched = Schedule(p_sharp=0.0, lookup_forms=("relation",), relation_cells=True)
+    data = Data(model.cfg, TextEncoder(tok), seed=0, sched=sched, sharp=None)
+    batch, patches = data.lm_batch("lookup", 0, 6, 0.5)
+    rows = [t.row for t in batch.lookup]
+    assert rows == sorted(rows) and len(rows) > len(set(rows))  # some rows go through two cells
+    assert any(t.region for t in batch.lookup) and any(t.objects for t in batch.lookup)
+    n, tp, t = patches.shape.shape[1], len(batch.prefix_ids), batch.rest_ids.shape[1]
+    att = torch.full((6, 2, n + t, tp + n + t), 1.0 / (tp + n + t))
+    spread = lookup_attention_loss(att, batch.lookup, patches, tp, [0, 1])
+    for lt in batch.lookup:
+        own = torch.zeros(n, dtype=torch.bool)
+        for shape, colour in lt.objects:
+            own |= (patches.shape[lt.row] == shape) & (patches.colour[lt.row] == colour)
+        own[list(lt.region)] = True
+        att[lt.row, :, n + lt.at] = 0
+        att[lt.row, :, n + lt.at, tp:tp + n] = own.float() / own.sum()
+    assert lookup_attention_loss(att, batch.lookup, patches, tp, [0, 1]) < 1e-5 < spread
+
+
 def test_lookup_captions_turns_the_stages_single_turn_samples_into_captions(tok):
     """`lookup_captions`: that share of the lookup stage's v1 instruct samples are captions."""
     from training.world.language import BRIEF_PROMPT, DETAILED_PROMPT
