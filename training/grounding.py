@@ -28,6 +28,7 @@ thrown away after training, like the vision probe.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from training.data import Sample, TextEncoder, v1_pieces
 from training.lookup import LOOKUP_FORMS, cell_prefixes, key_position, looked_up, object_patches, prefix_position
 from training.probe import NONE, PatchTargets, cell_patches
-from training.world.language import Question, sample_question, shared_count_question
+from training.world.language import BRIEF_PROMPT, Question, brief_caption, sample_question, shared_count_question
 from training.world.scene import COLOURS, POSITIONS, SHAPES, Scene
 
 WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
@@ -53,17 +54,24 @@ class LookupTarget:
 
 
 SHARED_COUNT = "shared_count"
+CAPTION = "caption"  # a brief caption, each object it names looked up where its mention starts
 
 
 def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder, forms: Sequence[str] = LOOKUP_FORMS,
                   cell_grid: int = 0) -> Tuple[Sample, List[LookupTarget]]:
     """A single question (`v1`) of `forms` (LOOKUP_FORMS, "relation", "existence" and
     "count_by_attribute": what each looks up is `looked_up`'s; a form listed twice is drawn twice as
-    often; SHARED_COUNT, a count by attribute whose answer is two or more) and where its answer
-    looks: one target, or with `cell_grid` (the image's patch grid side) one per cell of a relation
-    answer (`relation_cell_targets`); raises RuntimeError when none applies."""
-    form = rng.choice(forms) if SHARED_COUNT in forms else None
-    q = shared_count_question(scene, rng) if form == SHARED_COUNT else sample_question(scene, rng, form, forms)
+    often; SHARED_COUNT, a count by attribute whose answer is two or more; CAPTION, a brief caption
+    instead, `caption_targets`) and where its answer looks: one target, or with `cell_grid` (the
+    image's patch grid side) one per cell of a relation answer (`relation_cell_targets`); raises
+    RuntimeError when none applies."""
+    form = rng.choice(forms) if SHARED_COUNT in forms or CAPTION in forms else None
+    if form == CAPTION:
+        caption = brief_caption(scene, rng)
+        first, pieces = v1_pieces(BRIEF_PROMPT, caption)
+        return Sample("v1", first, pieces, scene), caption_targets(scene, caption, enc)
+    questions = [f for f in forms if f != CAPTION]
+    q = shared_count_question(scene, rng) if form == SHARED_COUNT else sample_question(scene, rng, form, questions)
     first, pieces = v1_pieces(q.text, q.answer)
     sample = Sample("v1", first, pieces, scene)
     if cell_grid and q.form == "relation":
@@ -77,10 +85,23 @@ def relation_cell_targets(scene: Scene, q: Question, enc: TextEncoder, grid: int
     it, or at the empty cell's patches (the answer says "nothing"). Every step is taught, not only
     the first object named (session 11)."""
     at = {o.cell: o for o in scene.objects}
-    return [LookupTarget(prefix_position(enc, q, prefix),
+    return [LookupTarget(prefix_position(enc, q.text, prefix),
                          ((SHAPES.index(at[c].shape), COLOURS.index(at[c].colour)),) if c in at else (),
                          () if c in at else cell_patches(scene, grid, c))
             for c, prefix in cell_prefixes(scene, q)]
+
+
+def caption_targets(scene: Scene, caption: str, enc: TextEncoder) -> List[LookupTarget]:
+    """A brief caption looks, at each object's article ("a" -> "small red star"), at that object:
+    captions that name one object twice and miss another (half of run 7's wrong captions) skip
+    an object the heads never moved to (session 11)."""
+    out = []
+    for m in re.finditer(r"\b([Aa]) (?:small|big) (\w+) (\w+)\b", caption):
+        o = scene.find(colour=m.group(2), shape=m.group(3))[0]
+        out.append(LookupTarget(prefix_position(enc, BRIEF_PROMPT, caption[:m.end(1)]),
+                                ((SHAPES.index(o.shape), COLOURS.index(o.colour)),)))
+    assert len(out) == len(scene.objects), caption
+    return out
 
 
 def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarget], patches: PatchTargets,

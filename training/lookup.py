@@ -92,13 +92,13 @@ def key_prefix(q: Question) -> str:
 
 def key_position(enc: TextEncoder, q: Question) -> int:
     """Index, in a `v1` sample's rest tokens, of the position that predicts the answer's key word."""
-    return prefix_position(enc, q, key_prefix(q))
+    return prefix_position(enc, q.text, key_prefix(q))
 
 
-def prefix_position(enc: TextEncoder, q: Question, prefix: str) -> int:
+def prefix_position(enc: TextEncoder, question: str, prefix: str) -> int:
     """Index, in a `v1` sample's rest tokens, of the last token of the answer's `prefix` (the
     position that predicts the word after it)."""
-    return len(enc.rest([("\n" + q.text + " ASSISTANT:" + (" " + prefix if prefix else ""), False)])[0]) - 1
+    return len(enc.rest([("\n" + question + " ASSISTANT:" + (" " + prefix if prefix else ""), False)])[0]) - 1
 
 
 def cell_prefixes(scene: Scene, q: Question) -> List[Tuple[int, str]]:

@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from training.bundle import load_any
 from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
                            scene_and_image, step_rng)
-from training.grounding import (SHARED_COUNT, PlaceProbe, lookup_attention_loss, lookup_sample, place_probe_loss,
-                                word_align_loss, word_ids)
+from training.grounding import (CAPTION, SHARED_COUNT, PlaceProbe, lookup_attention_loss, lookup_sample,
+                                place_probe_loss, word_align_loss, word_ids)
 from training.lookup import LOOKUP_FORMS
 from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
 from training.sqllava.configs import PRESETS, config_to_dict
@@ -447,7 +447,7 @@ def with_settings(sched: Schedule, settings: List[str]) -> Schedule:
         current = getattr(sched, name)
         if isinstance(current, tuple):
             changes[name] = tuple(v.strip() for v in value.split(",") if v.strip())
-            known = FORMS + [SHARED_COUNT] if name == "lookup_forms" else FORMS
+            known = FORMS + [SHARED_COUNT, CAPTION] if name == "lookup_forms" else FORMS
             unknown = [v for v in changes[name] if name.endswith("_forms") and v not in known]
             if unknown:
                 raise SystemExit(f"--set {item}: {', '.join(unknown)} not a question form ({', '.join(known)})")

@@ -1,6 +1,7 @@
 """The lookup diagnostic: where an answer's key word is predicted, and what the heads look at there."""
 
 import random
+import re
 
 import pytest
 import torch
@@ -176,6 +177,29 @@ def test_relation_cells_look_at_each_cell_the_answer_goes_through(enc):
         scene = scene_for("test", i)
         regions = [set(cell_patches(scene, 8, c)) for c in range(9)]
         assert all(regions) and sum(map(len, regions)) == len(set().union(*regions))
+
+
+def test_caption_lookups_look_at_each_object_where_its_mention_starts(enc):
+    """`caption` in lookup_forms: a brief caption (every phrasing), with one target per object, at
+    the article whose next token starts that object's mention ("a" -> "small red star")."""
+    from training.grounding import CAPTION, lookup_sample
+    from training.world.language import BRIEF_PROMPT, caption_correct
+    starts = set()
+    for i in range(40):
+        scene = scene_for("test", i)
+        sample, targets = lookup_sample(scene, random.Random(i), enc, forms=(CAPTION,))
+        text, caption = sample.pieces[0][0], sample.pieces[-1][0].replace("</s>", "").strip()
+        assert BRIEF_PROMPT in text and caption_correct(scene, caption)
+        starts.add("A" if caption.startswith("A ") else "The" if caption.startswith("The ") else "count")
+        ids = enc.rest(sample.pieces)[0]
+        assert len(targets) == len(scene.objects)
+        for t in targets:
+            (shape, colour), = t.objects
+            after = re.findall(r"\w+", enc.tok.decode(ids[t.at + 1:]))
+            assert after[0] in ("small", "big") and after[1:3] == [COLOURS[colour], SHAPES[shape]]
+        assert sorted(t.objects[0] for t in targets) == sorted(
+            (SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in scene.objects)
+    assert len(starts) == 3  # the three phrasings: "A ...", "The image shows ...", "Two shapes ..."
 
 
 def test_shared_counts_ask_only_counts_of_two_or_more_and_look_at_each_counted_object(enc):
