@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from training.data import Sample, TextEncoder, v1_pieces
 from training.lookup import LOOKUP_FORMS, cell_prefixes, key_position, looked_up, object_patches, prefix_position
 from training.probe import NONE, PatchTargets, cell_patches
-from training.world.language import BRIEF_PROMPT, Question, brief_caption, sample_question, shared_count_question
+from training.world.language import (BRIEF_PROMPT, Question, brief_caption, cell_question, sample_question,
+                                     shared_count_question)
 from training.world.scene import COLOURS, POSITIONS, SHAPES, Scene
 
 WORD_SCALE = 20.0  # cosine -> logit scale of the word alignment
@@ -55,40 +56,44 @@ class LookupTarget:
 
 SHARED_COUNT = "shared_count"
 CAPTION = "caption"  # a brief caption, each object it names looked up where its mention starts
+CELL = "cell"  # "What is at the top left?" (`language.cell_question`), looked up at "there is"
 
 
 def lookup_sample(scene: Scene, rng: random.Random, enc: TextEncoder, forms: Sequence[str] = LOOKUP_FORMS,
-                  cell_grid: int = 0) -> Tuple[Sample, List[LookupTarget]]:
+                  cell_grid: int = 0, relation_cells: bool = False) -> Tuple[Sample, List[LookupTarget]]:
     """A single question (`v1`) of `forms` (LOOKUP_FORMS, "relation", "existence" and
     "count_by_attribute": what each looks up is `looked_up`'s; a form listed twice is drawn twice as
     often; SHARED_COUNT, a count by attribute whose answer is two or more; CAPTION, a brief caption
-    instead, `caption_targets`) and where its answer looks: one target, or with `cell_grid` (the
-    image's patch grid side) one per cell of a relation answer (`relation_cell_targets`); raises
+    instead, `caption_targets`; CELL, a question about one grid cell) and where its answer looks:
+    one target, or with `relation_cells` one per cell of a relation answer (`relation_cell_targets`).
+    `cell_grid`, the image's patch grid side, lets an empty cell be looked at (0: not). Raises
     RuntimeError when none applies."""
-    form = rng.choice(forms) if SHARED_COUNT in forms or CAPTION in forms else None
+    form = rng.choice(forms) if {SHARED_COUNT, CAPTION, CELL} & set(forms) else None
     if form == CAPTION:
         caption = brief_caption(scene, rng)
         first, pieces = v1_pieces(BRIEF_PROMPT, caption)
         return Sample("v1", first, pieces, scene), caption_targets(scene, caption, enc)
-    questions = [f for f in forms if f != CAPTION]
-    q = shared_count_question(scene, rng) if form == SHARED_COUNT else sample_question(scene, rng, form, questions)
+    questions = [f for f in forms if f not in (CAPTION, CELL)]
+    q = (shared_count_question(scene, rng) if form == SHARED_COUNT else cell_question(scene, rng) if form == CELL
+         else sample_question(scene, rng, form, questions))
     first, pieces = v1_pieces(q.text, q.answer)
     sample = Sample("v1", first, pieces, scene)
-    if cell_grid and q.form == "relation":
+    if (relation_cells and q.form == "relation") or q.form == CELL:
         return sample, relation_cell_targets(scene, q, enc, cell_grid)
     objects = tuple((SHAPES.index(o.shape), COLOURS.index(o.colour)) for o in looked_up(scene, q))
     return sample, [LookupTarget(key_position(enc, q), objects)]
 
 
 def relation_cell_targets(scene: Scene, q: Question, enc: TextEncoder, grid: int) -> List[LookupTarget]:
-    """A relation answered cell by cell looks, at each "there is", at that cell: at the object in
-    it, or at the empty cell's patches (the answer says "nothing"). Every step is taught, not only
-    the first object named (session 11)."""
+    """A relation answered cell by cell (or a CELL question) looks, at each "there is", at that
+    cell: at the object in it, or (with `grid`) at the empty cell's patches (the answer says
+    "nothing"). Every step is taught, not only the first object named (session 11)."""
     at = {o.cell: o for o in scene.objects}
-    return [LookupTarget(prefix_position(enc, q.text, prefix),
+    cells = [(POSITIONS.index(q.slots["cell"]), q.answer)] if q.form == CELL else cell_prefixes(scene, q)
+    return [LookupTarget(prefix_position(enc, q.text, prefix[:prefix.rindex("there is") + len("there is")]),
                          ((SHAPES.index(at[c].shape), COLOURS.index(at[c].colour)),) if c in at else (),
-                         () if c in at else cell_patches(scene, grid, c))
-            for c, prefix in cell_prefixes(scene, q)]
+                         () if c in at or not grid else cell_patches(scene, grid, c))
+            for c, prefix in cells]
 
 
 def caption_targets(scene: Scene, caption: str, enc: TextEncoder) -> List[LookupTarget]:

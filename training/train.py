@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from training.bundle import load_any
 from training.data import (Batch, SharpPool, TextEncoder, collate, make_sample, preprocess_image,
                            scene_and_image, step_rng)
-from training.grounding import (CAPTION, SHARED_COUNT, PlaceProbe, lookup_attention_loss, lookup_sample,
+from training.grounding import (CAPTION, CELL, SHARED_COUNT, PlaceProbe, lookup_attention_loss, lookup_sample,
                                 place_probe_loss, word_align_loss, word_ids)
 from training.lookup import LOOKUP_FORMS
 from training.probe import PatchProbe, PatchTargets, object_accuracy, patch_targets, probe_loss
@@ -367,13 +367,14 @@ class Data:
     def lookup_batch(self, step: int, bsz: int) -> Tuple[Batch, PatchTargets]:
         """Single questions about one object each (`v1`), with where their answers look it up."""
         samples, pix, lookup = [], [], []
-        grid = self.cfg.vision.grid_size if self.sched.relation_cells else 0
+        grid = self.cfg.vision.grid_size
         for i in range(bsz):
             rng = step_rng(self.seed, STAGES.index("lookup"), step, i)
             while True:
                 s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
                 try:
-                    sample, targets = lookup_sample(s, rng, self.enc, self.sched.lookup_forms, grid)
+                    sample, targets = lookup_sample(s, rng, self.enc, self.sched.lookup_forms, grid,
+                                                    self.sched.relation_cells)
                     break
                 except RuntimeError:  # no question about one object applies (e.g. two hexagons)
                     continue
@@ -448,7 +449,7 @@ def with_settings(sched: Schedule, settings: List[str]) -> Schedule:
         current = getattr(sched, name)
         if isinstance(current, tuple):
             changes[name] = tuple(v.strip() for v in value.split(",") if v.strip())
-            known = FORMS + [SHARED_COUNT, CAPTION] if name == "lookup_forms" else FORMS
+            known = FORMS + [SHARED_COUNT, CAPTION, CELL] if name == "lookup_forms" else FORMS
             unknown = [v for v in changes[name] if name.endswith("_forms") and v not in known]
             if unknown:
                 raise SystemExit(f"--set {item}: {', '.join(unknown)} not a question form ({', '.join(known)})")

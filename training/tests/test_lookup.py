@@ -11,7 +11,7 @@ from training.lookup import LOOKUP_FORMS, format_report, key_prefix, lookup_case
 from training.sqllava.tokenizer import LlamaTokenizer
 from training.train import build_model
 from training.world.language import sample_question
-from training.world.scene import COLOURS, SHAPES, scene_for
+from training.world.scene import COLOURS, POSITIONS, SHAPES, scene_for
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,8 @@ def test_relation_cells_look_at_each_cell_the_answer_goes_through(enc):
             q = sample_question(scene, random.Random(i), form="relation")
         except (RuntimeError, ValueError):
             continue
-        sample, targets = lookup_sample(scene, random.Random(i), enc, forms=("relation",), cell_grid=8)
+        sample, targets = lookup_sample(scene, random.Random(i), enc, forms=("relation",), cell_grid=8,
+                                        relation_cells=True)
         assert q.answer in sample.pieces[-1][0]
         colour, shape = q.slots["obj"].split(" ")
         cells = cells_towards(scene.find(colour=colour, shape=shape)[0].cell, q.slots["rel"])
@@ -177,6 +178,38 @@ def test_relation_cells_look_at_each_cell_the_answer_goes_through(enc):
         scene = scene_for("test", i)
         regions = [set(cell_patches(scene, 8, c)) for c in range(9)]
         assert all(regions) and sum(map(len, regions)) == len(set().union(*regions))
+
+
+def test_cell_questions_ask_one_cell_in_the_relations_words_and_look_at_it(enc):
+    """`cell` in lookup_forms: "What is at the top left?" answered with the very words a relation
+    answer uses at that cell, looking at "there is" at the cell's object or its empty patches."""
+    from training.grounding import CELL, lookup_sample
+    from training.world.language import answer_for, cell_question, cells_towards, where
+    kinds = set()
+    for i in range(60):
+        scene = scene_for("test", i)
+        rng = random.Random(i)
+        rng.choice((CELL,))  # lookup_sample draws the form first
+        q = cell_question(scene, rng)
+        at = {o.cell: o for o in scene.objects}
+        cell = POSITIONS.index(q.slots["cell"])
+        assert q.text == f"What is {where(cell)}?"
+        # the relation that passes through this cell says the same words there
+        for o in scene.objects:
+            for rel in ("to the left of", "to the right of", "above", "below"):
+                if cell in cells_towards(o.cell, rel):
+                    ans, _ = answer_for(scene, "relation", {"rel": rel, "obj": o.ref})
+                    assert q.answer[:-1].lower() in ans
+        sample, [t] = lookup_sample(scene, random.Random(i), enc, forms=(CELL,), cell_grid=8)
+        assert q.answer in sample.pieces[-1][0]
+        after = enc.tok.decode(enc.rest(sample.pieces)[0][t.at + 1:]).strip()
+        if cell in at:
+            kinds.add("object")
+            assert after.startswith("a ") and at[cell].name in after and t.objects and not t.region
+        else:
+            kinds.add("empty")
+            assert after.startswith("nothing") and not t.objects and t.region
+    assert kinds == {"object", "empty"}
 
 
 def test_caption_lookups_look_at_each_object_where_its_mention_starts(enc):

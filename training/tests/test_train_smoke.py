@@ -467,10 +467,10 @@ def test_set_changes_schedule_fields_by_their_type():
     assert (s.lookup_steps, s.lookup_lr, s.lookup_captions) == (500, 2e-4, 0.7)
     assert s.lookup_forms == ("position", "relation") and s.word_align_cell is True
     assert SCHEDULES["lookup_short"].lookup_steps == 400  # the named schedule is unchanged
-    assert with_settings(SCHEDULES["lookup_short"], ["lookup_forms=relation,shared_count,caption"]).lookup_forms == (
-        "relation", "shared_count", "caption")  # lookup-only forms
+    assert with_settings(SCHEDULES["lookup_short"], ["lookup_forms=relation,shared_count,caption,cell"]).lookup_forms == (
+        "relation", "shared_count", "caption", "cell")  # lookup-only forms
     for bad in ("lookup_stepz=5", "lookup_steps", "lookup_forms=position,where", "focus_forms=shared_count",
-                "focus_forms=caption"):
+                "focus_forms=caption", "focus_forms=cell"):
         with pytest.raises(SystemExit):
             with_settings(SCHEDULES["lookup_short"], [bad])
 

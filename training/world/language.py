@@ -286,6 +286,20 @@ def shared_count_question(scene: Scene, rng: random.Random) -> Question:
     return _question(scene, rng, "count_by_attribute", rng.choice(shared))
 
 
+def cell_question(scene: Scene, rng: random.Random) -> Question:
+    """A training-only question about one grid cell, not one of the world's forms: "What is at the
+    top left?" -> "At the top left, there is a small blue square." (or "..., there is nothing."),
+    the step a relation answer takes at every cell, asked alone (session 11). Half the cells asked
+    hold an object, where there is an empty one."""
+    at = {o.cell: o for o in scene.objects}
+    empty = [c for c in range(9) if c not in at]
+    cell = rng.choice(empty) if empty and rng.random() < 0.5 else rng.choice(sorted(at))
+    place = where(cell)
+    thing = _a(at[cell].name) if cell in at else "nothing"
+    return Question("cell", f"What is {place}?", {"cell": POSITIONS[cell]},
+                    f"{place[0].upper()}{place[1:]}, there is {thing}.", at[cell].ref if cell in at else "nothing")
+
+
 # ----------------------------------------------------------------------------- parsing
 
 _SLOT_RE = {
