@@ -175,11 +175,7 @@ class PlaceProbe(nn.Module):
         return self.cell(image_tokens)
 
 
-def place_probe_loss(probe: PlaceProbe, image_tokens: torch.Tensor, patches: PatchTargets,
-                     everywhere: bool = False) -> torch.Tensor:
-    """Cross-entropy of the place probe on the object tokens (`patches.cell`), or `everywhere` on
-    every token of the canvas (`patches.place`): an empty cell's tokens then say where they are,
-    so that a relation's "at the top left, there is" can find them (session 11)."""
+def place_probe_loss(probe: PlaceProbe, image_tokens: torch.Tensor, patches: PatchTargets) -> torch.Tensor:
+    """Cross-entropy of the place probe on the object tokens (`patches.cell`, -100 elsewhere)."""
     logits = probe(image_tokens)
-    target = patches.place if everywhere else patches.cell
-    return F.cross_entropy(logits.flatten(0, 1), target.to(logits.device).flatten(), ignore_index=-100)
+    return F.cross_entropy(logits.flatten(0, 1), patches.cell.to(logits.device).flatten(), ignore_index=-100)

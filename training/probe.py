@@ -58,7 +58,6 @@ class PatchTargets:
     colour: torch.Tensor  # [B,P] colour index or -100
     size: torch.Tensor  # [B,P] 0 small / 1 big or -100
     cell: torch.Tensor  # [B,P] the object's grid cell 0..8 or -100
-    place: torch.Tensor  # [B,P] the patch's grid cell: its object's, else its centre's (`patch_places`)
     seg: torch.Tensor  # [B,P,SUB*SUB] shape index or NONE
     background: torch.Tensor  # [B]
     single: torch.Tensor  # [B] shape of a one-object scene, else -100
@@ -108,20 +107,11 @@ def scene_targets(scene: Scene, grid: int) -> Tuple[torch.Tensor, torch.Tensor, 
     return shape, colour, size, cell, seg_t, best
 
 
-def patch_places(scene: Scene, grid: int, cell: torch.Tensor) -> torch.Tensor:
-    """Every patch's grid cell: its object's (`cell`), else the one its centre lies in; -100 in the padding."""
-    place = torch.full((grid * grid,), -100, dtype=torch.long)
-    for c in range(9):
-        place[list(cell_patches(scene, grid, c))] = c
-    return torch.where(cell >= 0, cell, place)
-
-
 def patch_targets(scenes: Sequence[Scene], grid: int) -> PatchTargets:
     rows = [scene_targets(s, grid) for s in scenes]
     return PatchTargets(
         shape=torch.stack([r[0] for r in rows]), colour=torch.stack([r[1] for r in rows]),
         size=torch.stack([r[2] for r in rows]), cell=torch.stack([r[3] for r in rows]),
-        place=torch.stack([patch_places(s, grid, r[3]) for s, r in zip(scenes, rows)]),
         seg=torch.stack([r[4] for r in rows]),
         background=torch.tensor([BACKGROUNDS.index(s.background) for s in scenes]),
         single=torch.tensor([SHAPES.index(s.objects[0].shape) if len(s.objects) == 1 else -100 for s in scenes]),

@@ -122,7 +122,6 @@ class Schedule:
     # align, instruct, focus, lookup: weight of the place probe (grounding.PlaceProbe), which keeps each
     # object's grid cell readable in its projected image tokens; 0: off
     place_probe: float = 0.0
-    place_everywhere: bool = False  # ... on every image token (its cell), not only the objects' (session 11)
     vision_lr_scale: float = 0.3  # instruct, focus: the ViT moves slower than the rest
     warmup: int = 50
     weight_decay: float = 0.01
@@ -593,16 +592,15 @@ def train(args, tokenizer=None) -> SQLLaVA:
         """The place probe's loss on a batch's image tokens, where it is on."""
         if place is None or vt is None:
             return None
-        return lambda img: sched.place_probe * place_probe_loss(place, img, vt, sched.place_everywhere)
+        return lambda img: sched.place_probe * place_probe_loss(place, img, vt)
 
     def place_accuracy() -> str:
         model.eval()
         with torch.no_grad():
             cells = place(model.encode_images(val_pix)).argmax(-1)
         model.train()
-        on, bg = val_targets.cell >= 0, (val_targets.cell < 0) & (val_targets.place >= 0)
-        return (f"place probe on validation scenes: {(cells[on] == val_targets.cell[on]).float().mean() * 100:.1f}% "
-                f"of object tokens, {(cells[bg] == val_targets.place[bg]).float().mean() * 100:.1f}% of the others")
+        on = val_targets.cell >= 0
+        return f"place probe on validation scenes: {(cells[on] == val_targets.cell[on]).float().mean() * 100:.1f}% of object tokens"
 
     def probe_accuracy() -> str:
         model.eval()

@@ -2,7 +2,7 @@
 
 import torch
 
-from training.probe import NONE, SUB, padded_canvas, patch_targets
+from training.probe import NONE, SUB, patch_targets
 from training.world.scene import SHAPES, Scene, SceneObject
 
 
@@ -42,21 +42,3 @@ def test_small_object_owns_at_least_one_patch_and_several_scenes_stack():
         assert (t.shape[i] == SHAPES.index(s.objects[0].shape)).sum() >= 1
         assert set(t.cell[i][t.shape[i] != NONE].tolist()) == {s.objects[0].cell}
     assert torch.equal(t.background, torch.tensor([0, 0]))
-
-
-def test_every_canvas_patch_has_a_place_and_objects_keep_their_own_cell():
-    """`place`: an object's patches carry its cell; every other patch of the canvas the cell its
-    centre lies in (row-major thirds of the canvas); the square's padding none."""
-    from training.world.scene import scene_for
-    for i in range(30):
-        scene = scene_for("train", 900 + i)
-        t = patch_targets([scene], 8)
-        on = t.cell[0] >= 0
-        assert torch.equal(t.place[0][on], t.cell[0][on])
-        w, h, x0, y0 = padded_canvas(scene)
-        for k in range(64):
-            x, y = (k % 8 + 0.5) / 8, (k // 8 + 0.5) / 8
-            inside = x0 <= x < x0 + w and y0 <= y < y0 + h
-            if not on[k]:
-                want = int((y - y0) / h * 3) * 3 + int((x - x0) / w * 3) if inside else -100
-                assert int(t.place[0, k]) == want
