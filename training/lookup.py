@@ -16,6 +16,10 @@ held-out scenes of two or more objects, with the reference answer given (teacher
   answer (layer) ... and the answer's key (the colour, shape, place or size; --probe): whether
                  what the heads bring back from the object reaches the answer
 
+With --relation-cells: relations asked uniformly (`relation_cell_cases`), each cell of the
+reference answer read where it says "there is": the next word right ("nothing" / "a"), an
+occupied cell's object named right, and the lookup heads' attention on the cell.
+
 Run 4's bundle (training/README.md) answers colour-of-a-shape questions only by chance: its
 heads spread over all objects, while shape-of-a-colour heads pick the object.
 """
@@ -26,17 +30,19 @@ import argparse
 import random
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from training.bundle import load_any
 from training.data import Sample, TextEncoder, collate, preprocess_image, v1_pieces
-from training.probe import PatchTargets, patch_targets
+from training.probe import PatchTargets, cell_patches, patch_targets
 from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
-from training.world.language import ANSWER_KEYS, Question, cells_towards, counted, sample_question
+from training.world.language import (ANSWER_KEYS, PHRASINGS, RELATIONS, Question, answer_for, cells_towards, counted,
+                                     sample_question)
 from training.world.render import render_augmented
 from training.world.scene import COLOURS, SHAPES, SIZES, Scene, SceneObject, scene_for
 
@@ -249,6 +255,85 @@ def probe_accuracy(states: torch.Tensor, labels: torch.Tensor, train: float = 0.
     return out
 
 
+@dataclass
+class CellReport:
+    """A relation answer's cells, teacher-forced (`measure_cells`), "empty" and "occupied" apart."""
+    n: Dict[str, int]
+    next_right: Dict[str, float]  # the token after the cell's "there is" ("nothing" / "a") is the argmax
+    words_right: float  # occupied cells: every token of the object's mention ("a small blue square") too
+    attention: Dict[str, float]  # the lookup heads' share on the cell: its object's tokens, or its patches
+
+
+def relation_cell_cases(n_scenes: int, size: int, start: int = 3_000, per_scene: int = 3) -> List[LookupCase]:
+    """Relations asked uniformly: up to `per_scene` random (object, relation) pairs of each test
+    scene whose relation passes through at least one cell (the evaluation asks more relations that
+    name an object, and many whose reference is at the edge)."""
+    cases = []
+    for i in range(start, start + n_scenes):
+        scene, rng = scene_for("test", i), random.Random(i)
+        pairs = [(o, r) for o in scene.objects for r in RELATIONS if cells_towards(o.cell, r)]
+        pixels = preprocess_image(render_augmented(scene, rng, strength=0.0), size)
+        for o, rel in rng.sample(pairs, min(per_scene, len(pairs))):
+            slots = {"rel": rel, "obj": o.ref}
+            answer, key = answer_for(scene, "relation", slots)
+            q = Question("relation", PHRASINGS["relation"][0].format(**slots), slots, answer, key)
+            cases.append(LookupCase(scene, q, looked_up(scene, q), pixels))
+    return cases
+
+
+def measure_cells(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], layer: int = 1) -> CellReport:
+    """At each cell of each reference relation answer: is what follows "there is" predicted, and
+    where do the heads of `layer`'s first KV group (the ones the lookup stage teaches) look."""
+    grid = model.cfg.vision.grid_size
+    n_img = grid * grid
+    heads = list(range(model.cfg.text.num_heads // model.cfg.text.num_kv_heads))
+    attn = model.model.layers[layer].self_attn
+    n, nxt, share, words = Counter(), Counter(), Counter(), 0
+    attn.keep_attention = True
+    try:
+        for case in cases:
+            q, scene = case.question, case.scene
+            first, pieces = v1_pieces(q.text, q.answer)
+            b = collate([Sample("v1", first, pieces, scene)], [case.pixels], enc)
+            with torch.no_grad():
+                pre = model.embed(b.prefix_ids[None])
+                tp = pre.shape[1]
+                x = torch.cat([pre, model.encode_images(b.pixels), model.embed(b.rest_ids)], 1)
+                t = x.shape[1]
+                logits, _ = model.decode(x, torch.ones(1, t, dtype=torch.long), torch.arange(t)[None])
+            pred, ids = logits[0, tp + n_img:].argmax(-1), b.rest_ids[0]
+            targets = patch_targets([scene], grid)
+            at = {o.cell: o for o in scene.objects}
+            for cell, prefix in cell_prefixes(scene, q):
+                p = prefix_position(enc, q.text, prefix)
+                kind = "occupied" if cell in at else "empty"
+                n[kind] += 1
+                nxt[kind] += int(pred[p] == ids[p + 1])
+                if cell in at:
+                    o = at[cell]
+                    mention = re.match(r" [^;.]*", q.answer[len(prefix):]).group(0)  # " a small blue square"
+                    k = len(enc.rest([(mention, False)])[0])
+                    words += int(torch.equal(pred[p:p + k], ids[p + 1:p + 1 + k]))
+                    looked = object_patches(targets, SHAPES.index(o.shape), COLOURS.index(o.colour))[0]
+                else:
+                    looked = torch.zeros(n_img, dtype=torch.bool)
+                    looked[list(cell_patches(scene, grid, cell))] = True
+                share[kind] += float((attn.attention[0, heads, tp + n_img + p, tp:tp + n_img] * looked).sum(-1).mean())
+    finally:
+        attn.keep_attention, attn.attention = False, None
+    kinds = ("empty", "occupied")
+    return CellReport(dict(n), {k: nxt[k] / max(1, n[k]) for k in kinds}, words / max(1, n["occupied"]),
+                      {k: share[k] / max(1, n[k]) for k in kinds})
+
+
+def format_cells(r: CellReport) -> str:
+    return "\n".join(
+        [f"relation cells (teacher-forced): empty {r.n.get('empty', 0)}, occupied {r.n.get('occupied', 0)}"]
+        + [f"  {k}: next word right {r.next_right[k] * 100:.1f}%, lookup heads' attention on the cell "
+           f"{r.attention[k]:.3f}" for k in ("empty", "occupied")]
+        + [f"  occupied: the object's words right {r.words_right * 100:.1f}%"])
+
+
 def format_report(r: LookupReport) -> str:
     lines = [f"{r.form}: answer right (teacher-forced) {r.answer_right * 100:.1f}% of {r.n}"]
     for layer in range(r.own.shape[0]):
@@ -268,6 +353,8 @@ def main(argv=None) -> int:
     ap.add_argument("--forms", nargs="+", default=list(LOOKUP_FORMS), choices=LOOKUP_FORMS + MULTI_FORMS)
     ap.add_argument("--scenes", type=int, default=150)
     ap.add_argument("--probe", action="store_true", help="also probe the asked attribute at each layer")
+    ap.add_argument("--relation-cells", action="store_true",
+                    help="instead: relations asked uniformly, read cell by cell (`measure_cells`)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     if args.probe and set(args.forms) - set(LOOKUP_FORMS):
@@ -275,6 +362,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model = load_any(args.model)
     enc = TextEncoder(LlamaTokenizer.from_file())
+    if args.relation_cells:
+        print(format_cells(measure_cells(model, enc, relation_cell_cases(args.scenes, model.cfg.vision.image_size))))
+        return 0
     for form in args.forms:
         cases = lookup_cases(form, args.scenes, model.cfg.vision.image_size)
         print(format_report(measure(model, enc, cases, probe=args.probe)), flush=True)

@@ -71,6 +71,42 @@ def test_measure_reports_attention_shares_per_layer_and_head(enc):
     assert "answer readable at layer inputs:" in format_report(r)
 
 
+def test_measure_cells_reads_each_cell_of_uniform_relations_at_its_there_is(enc):
+    """`--relation-cells`: every cell of every uniform relation answer is counted once, empty or
+    occupied; a decoder that predicts the reference's next token everywhere is right on all of
+    them, a random one on none of the object mentions."""
+    from training.lookup import format_cells, measure_cells, relation_cell_cases
+    from training.world.language import cells_towards
+    torch.manual_seed(0)
+    model = build_model("tiny", "full").eval()
+    cases = relation_cell_cases(6, model.cfg.vision.image_size)
+    cells = [(c.scene, c.question) for c in cases]
+    total = sum(len(cells_towards(named_object(s, q).cell, q.slots["rel"])) for s, q in cells)
+    assert len(cases) > 6 and total > len(cases)  # up to three per scene, one or two cells each
+    r = measure_cells(model, enc, cases)
+    assert r.n["empty"] + r.n.get("occupied", 0) == total
+    assert r.words_right == 0.0 and 0 <= r.attention["empty"] <= 1
+    table = model.model.embed_tokens.weight.detach()
+    decode = model.decode
+
+    def oracle(x, mask, pos, *a, **k):  # logits whose argmax is the token that comes next
+        logits, past = decode(x, mask, pos, *a, **k)
+        ids = torch.cdist(x[0], table).argmin(-1)  # the rest's tokens are embedding rows exactly
+        out = torch.full_like(logits, -1.0)
+        out[0, torch.arange(len(ids) - 1), ids[1:]] = 1.0
+        return out, past
+
+    model.decode = oracle
+    r = measure_cells(model, enc, cases)
+    assert r.next_right == {"empty": 1.0, "occupied": 1.0} and r.words_right == 1.0
+    assert "occupied: the object's words right 100.0%" in format_cells(r)
+
+
+def named_object(scene, q):
+    colour, shape = q.slots["obj"].split(" ")
+    return scene.find(colour=colour, shape=shape)[0]
+
+
 @pytest.mark.parametrize("form", LOOKUP_FORMS)
 def test_the_answer_label_is_the_answer_key(form):
     from training.lookup import answer_label
