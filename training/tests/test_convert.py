@@ -262,6 +262,33 @@ def outputs(model: SQLLaVA, seed: int = 1) -> Dict[str, torch.Tensor]:
     return {"image": image, "logits": logits, "text_logits": text_logits}
 
 
+def settled(model: SQLLaVA) -> SQLLaVA:
+    """The model with the micro preset's prototype tie break. The fakes pool 16 tokens into the
+    converter's 256 centres, so every token's nearest centre is a tie between copies, and which
+    copy wins follows the last bit of each row's matmul: on an AMD EPYC, merged and unmerged
+    LoRA weights (or onnxruntime and PyTorch) pick different copies and the image tokens differ
+    by 3e-2. The tie break settles every tie on the first copy alike, so the comparisons see the
+    LoRA merge and the export, not the CPU's rounding. A released model (576 tokens) has no
+    copies; the converter keeps the reference's rule."""
+    for m in model.modules():
+        if hasattr(m, "tie_break"):
+            m.tie_break = 1e-3
+    return model
+
+
+@pytest.fixture
+def settled_conversion(monkeypatch):
+    """Converted models carry the tie break (`settled`), for the CLI's export check."""
+    import training.convert as C
+    build = C.build_config
+
+    def with_tie_break(sq, clip):
+        cfg, notes = build(sq, clip)
+        return dataclasses.replace(cfg, cluster_tie_break=1e-3), notes
+
+    monkeypatch.setattr(C, "build_config", with_tie_break)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
@@ -273,9 +300,9 @@ def test_merged_equals_unmerged_lora(tmp_path, fmt, suffix, full_clip):
     rel = Release(tmp_path, fmt=fmt, adapter_suffix=suffix, full_clip=full_clip)
     model, report = rel.convert()
     assert model.cfg == CFG
-    got = outputs(model)
-    want = outputs(reference_model(rel))
-    no_lora = outputs(reference_model(rel, with_lora=False, with_vit_lora=False))
+    got = outputs(settled(model))
+    want = outputs(settled(reference_model(rel)))
+    no_lora = outputs(settled(reference_model(rel, with_lora=False, with_vit_lora=False)))
     for k in got:
         assert rel_err(got[k], want[k]) < 1e-5, (k, rel_err(got[k], want[k]))
         assert rel_err(no_lora[k], want[k]) > 1e-2, f"{k}: the LoRA deltas should matter in this test"
@@ -431,7 +458,7 @@ def _can_export() -> Optional[str]:
 
 
 @pytest.mark.skipif(_can_export() is not None, reason=str(_can_export()))
-def test_cli_exports_checked_bundle(tmp_path, capsys):
+def test_cli_exports_checked_bundle(tmp_path, capsys, settled_conversion):
     """The whole CLI: tokenizer.model -> tokenizer.json, convert, export; the exporter's own check
     runs every graph with onnxruntime-node against the merged torch model."""
     from training.sqllava import tokenizer_build as tb
