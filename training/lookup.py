@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from training.bundle import load_any
-from training.data import Sample, TextEncoder, collate, preprocess_image, v1_pieces
+from training.data import Batch, Sample, TextEncoder, collate, preprocess_image, v1_pieces
 from training.probe import PatchTargets, cell_patches, patch_targets
 from training.sqllava.model import SQLLaVA
 from training.sqllava.tokenizer import LlamaTokenizer
@@ -163,6 +163,19 @@ class LookupReport:
     answer: Optional[List[float]] = None  # ... of the answer's key
 
 
+def teacher_forced(model: SQLLaVA, enc: TextEncoder, case: LookupCase) -> Tuple[torch.Tensor, Batch, int]:
+    """The case's `v1` sample with its reference answer, decoded in one pass: the logits [1,T,V]
+    over [prefix, image tokens, rest], the batch, and the prefix's length."""
+    first, pieces = v1_pieces(case.question.text, case.question.answer)
+    b = collate([Sample("v1", first, pieces, case.scene)], [case.pixels], enc)
+    with torch.no_grad():
+        pre = model.embed(b.prefix_ids[None])
+        x = torch.cat([pre, model.encode_images(b.pixels), model.embed(b.rest_ids)], 1)
+        t = x.shape[1]
+        logits, _ = model.decode(x, torch.ones(1, t, dtype=torch.long), torch.arange(t)[None])
+    return logits, b, pre.shape[1]
+
+
 def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe: bool = False) -> LookupReport:
     """Teacher-forced answers, attention shares at the key word and (`probe`, LOOKUP_FORMS only:
     the others have no single asked attribute or answer key) the linear probes."""
@@ -178,22 +191,15 @@ def measure(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase], probe
     try:
         for case in cases:
             q = case.question
-            first, pieces = v1_pieces(q.text, q.answer)
-            b = collate([Sample("v1", first, pieces, case.scene)], [case.pixels], enc)
             at = key_position(enc, q)
-            with torch.no_grad():
-                pre = model.embed(b.prefix_ids[None])
-                tp = pre.shape[1]
-                x = torch.cat([pre, model.encode_images(b.pixels), model.embed(b.rest_ids)], 1)
-                t = x.shape[1]
-                hidden: List[torch.Tensor] = []
-                hooks = [layer.register_forward_pre_hook(lambda _m, args: hidden.append(args[0][0]))
-                         for layer in model.model.layers] if probe else []
-                try:
-                    logits, _ = model.decode(x, torch.ones(1, t, dtype=torch.long), torch.arange(t)[None])
-                finally:
-                    for h in hooks:
-                        h.remove()
+            hidden: List[torch.Tensor] = []
+            hooks = [layer.register_forward_pre_hook(lambda _m, args: hidden.append(args[0][0]))
+                     for layer in model.model.layers] if probe else []
+            try:
+                logits, b, tp = teacher_forced(model, enc, case)
+            finally:
+                for h in hooks:
+                    h.remove()
             loss_at = tp + n_img - 1 + b.labels[0].nonzero().flatten()
             right += bool((logits[0, loss_at].argmax(-1) == b.rest_ids[0, b.labels[0]]).all())
             targets = patch_targets([case.scene], grid)
@@ -293,14 +299,7 @@ def measure_cells(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase],
     try:
         for case in cases:
             q, scene = case.question, case.scene
-            first, pieces = v1_pieces(q.text, q.answer)
-            b = collate([Sample("v1", first, pieces, scene)], [case.pixels], enc)
-            with torch.no_grad():
-                pre = model.embed(b.prefix_ids[None])
-                tp = pre.shape[1]
-                x = torch.cat([pre, model.encode_images(b.pixels), model.embed(b.rest_ids)], 1)
-                t = x.shape[1]
-                logits, _ = model.decode(x, torch.ones(1, t, dtype=torch.long), torch.arange(t)[None])
+            logits, b, tp = teacher_forced(model, enc, case)
             pred, ids = logits[0, tp + n_img:].argmax(-1), b.rest_ids[0]
             targets = patch_targets([scene], grid)
             at = {o.cell: o for o in scene.objects}
