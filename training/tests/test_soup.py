@@ -34,3 +34,18 @@ def test_runs_of_different_models_do_not_mix():
     b["config"] = {**b["config"], "changed": True}
     with pytest.raises(ValueError, match="different model configurations"):
         soup(a, b, 0.5)
+
+
+def test_a_bundle_folder_is_read_back_as_a_checkpoint(tmp_path):
+    """`python -m training.soup models/sq-llava-micro RUN.pt`: the committed bundle's weights, read
+    back from its ONNX files, average like a run's (here with itself: the bundle unchanged)."""
+    from training.bundle import load_any
+    main(["models/sq-llava-micro", "models/sq-llava-micro", "--out", str(tmp_path / "s.pt")])
+    s = torch.load(tmp_path / "s.pt")
+    want = load_any("models/sq-llava-micro")
+    assert s["config"] == config_to_dict(want.cfg)
+    # what no graph uses is not in the bundle (CLIP's last layer, post_layernorm, ln_1): initialised
+    unused = ("vision_model.encoder.layers.4.", "vision_model.post_layernorm", "mm_projector.ln_1")
+    held = [k for k in s["model"] if not any(u in k for u in unused)]
+    assert s["model"].keys() == want.state_dict().keys() and len(held) > 100
+    assert all(torch.equal(s["model"][k], want.state_dict()[k]) for k in held)
