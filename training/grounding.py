@@ -9,9 +9,11 @@ grounding; at micro scale it is taught directly:
   one layer, at the position that predicts the answer's key word ("The hexagon is" -> colour),
   are asked to put their attention on that object's image tokens (-log of the share they do);
   a relation question's answer, at the word before the first object it names, on the objects
-  it names ("nothing": no target), or (`relation_cells`) at each cell's "there is" on that cell:
-  its object, or its patches where it is empty; an existence answer's first word on the object asked for
-  ("no": no target); a count by attribute's number on every object it counts;
+  it names ("nothing": no target), or (`relation_cells`) at each cell's "there is" on that
+  cell: its object, or its patches where it is empty; an existence answer's first word on the
+  object asked for ("no": no target); a count by attribute's number on every object it counts;
+  a brief caption (`caption`) at each object's article on that object; a training-only
+  question about one cell (`cell`, "What is at the top left?") at its "there is" on the cell;
 - **word alignment**: each projected image token of an object is pulled towards the word
   embeddings of its object's shape and colour (a cosine softmax over the world's shapes and
   colours), so that a word in the question and the object in the image share a direction.
@@ -89,8 +91,11 @@ def relation_cell_targets(scene: Scene, q: Question, enc: TextEncoder, grid: int
     cell: at the object in it, or (with `grid`) at the empty cell's patches (the answer says
     "nothing"). Every step is taught, not only the first object named (session 11)."""
     at = {o.cell: o for o in scene.objects}
-    cells = [(POSITIONS.index(q.slots["cell"]), q.answer)] if q.form == CELL else cell_prefixes(scene, q)
-    return [LookupTarget(prefix_position(enc, q.text, prefix[:prefix.rindex("there is") + len("there is")]),
+    if q.form == CELL:  # "At the top left, there is" -> "a small blue square." / "nothing."
+        cells = [(POSITIONS.index(q.slots["cell"]), q.answer[:q.answer.index("there is") + len("there is")])]
+    else:
+        cells = cell_prefixes(scene, q)
+    return [LookupTarget(prefix_position(enc, q.text, prefix),
                          ((SHAPES.index(at[c].shape), COLOURS.index(at[c].colour)),) if c in at else (),
                          () if c in at or not grid else cell_patches(scene, grid, c))
             for c, prefix in cells]
