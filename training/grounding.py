@@ -90,7 +90,7 @@ def relation_cell_targets(scene: Scene, q: Question, enc: TextEncoder, grid: int
     """A relation answered cell by cell (or a CELL question) looks, at each "there is", at that
     cell: at the object in it, or (with `grid`) at the empty cell's patches (the answer says
     "nothing"). Every step is taught, not only the first object named (session 11)."""
-    at = {o.cell: o for o in scene.objects}
+    at = scene.by_cell()
     if q.form == CELL:  # "At the top left, there is" -> "a small blue square." / "nothing."
         cells = [(POSITIONS.index(q.slots["cell"]), q.answer[:q.answer.index("there is") + len("there is")])]
     else:

@@ -302,7 +302,7 @@ def measure_cells(model: SQLLaVA, enc: TextEncoder, cases: Sequence[LookupCase],
             logits, b, tp = teacher_forced(model, enc, case)
             pred, ids = logits[0, tp + n_img:].argmax(-1), b.rest_ids[0]
             targets = patch_targets([scene], grid)
-            at = {o.cell: o for o in scene.objects}
+            at = scene.by_cell()
             for cell, prefix in cell_prefixes(scene, q):
                 p = prefix_position(enc, q.text, prefix)
                 kind = "occupied" if cell in at else "empty"

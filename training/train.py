@@ -381,7 +381,7 @@ class Data:
             pix.append(p)
             lookup += [dataclasses.replace(t, row=i) for t in targets]
         batch = dataclasses.replace(collate(samples, pix, self.enc), lookup=lookup)
-        return batch, patch_targets([x.scene for x in samples], self.cfg.vision.grid_size)
+        return batch, patch_targets([x.scene for x in samples], grid)
 
 
 class StageBatches(torch.utils.data.Dataset):

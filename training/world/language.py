@@ -102,8 +102,15 @@ def detailed_caption(scene: Scene, rng: Optional[random.Random] = None) -> str:
 
 def related(scene: Scene, obj: SceneObject, rel: str) -> List[SceneObject]:
     """Objects `rel` obj: same row (left/right) or same column (above/below), nearest first."""
-    at = {o.cell: o for o in scene.objects}
+    at = scene.by_cell()
     return [at[c] for c in cells_towards(obj.cell, rel) if c in at]
+
+
+def what_is_at(scene: Scene, cell: int) -> str:
+    """"at the top left, there is a small blue square" / "at the top, there is nothing": what a
+    relation answer says at each cell, and a cell question's answer."""
+    o = scene.by_cell().get(cell)
+    return f"{where(cell)}, there is {_a(o.name) if o else 'nothing'}"
 
 
 def cells_towards(cell: int, rel: str) -> List[int]:
@@ -189,9 +196,7 @@ def answer_for(scene: Scene, form: str, slots: Dict[str, str]) -> Tuple[str, str
         cells = cells_towards(o.cell, rel)
         if not cells:
             return f"{lead}, there is nothing.", key
-        at = {x.cell: x for x in scene.objects}
-        parts = [f"{where(c)}, there is {_a(at[c].name) if c in at else 'nothing'}" for c in cells]
-        return f"{lead}: " + "; ".join(parts) + ".", key
+        return f"{lead}: " + "; ".join(what_is_at(scene, c) for c in cells) + ".", key
     raise ValueError(form)
 
 
@@ -291,13 +296,12 @@ def cell_question(scene: Scene, rng: random.Random) -> Question:
     top left?" -> "At the top left, there is a small blue square." (or "..., there is nothing."),
     the step a relation answer takes at every cell, asked alone (session 11). Half the cells asked
     hold an object, where there is an empty one."""
-    at = {o.cell: o for o in scene.objects}
+    at = scene.by_cell()
     empty = [c for c in range(9) if c not in at]
     cell = rng.choice(empty) if empty and rng.random() < 0.5 else rng.choice(sorted(at))
-    place = where(cell)
-    thing = _a(at[cell].name) if cell in at else "nothing"
-    return Question("cell", f"What is {place}?", {"cell": POSITIONS[cell]},
-                    f"{place[0].upper()}{place[1:]}, there is {thing}.", at[cell].ref if cell in at else "nothing")
+    answer = what_is_at(scene, cell)
+    return Question("cell", f"What is {where(cell)}?", {"cell": POSITIONS[cell]},
+                    f"{answer[0].upper()}{answer[1:]}.", at[cell].ref if cell in at else "nothing")
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -95,6 +95,10 @@ class Scene:
         """Objects in reading order (top left to bottom right)."""
         return sorted(self.objects, key=lambda o: o.cell)
 
+    def by_cell(self) -> Dict[int, SceneObject]:
+        """The object in each occupied grid cell (one per cell)."""
+        return {o.cell: o for o in self.objects}
+
     def find(self, colour: Optional[str] = None, shape: Optional[str] = None,
              size: Optional[str] = None) -> List[SceneObject]:
         return [o for o in self.ordered()
