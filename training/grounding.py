@@ -133,7 +133,7 @@ def lookup_attention_loss(attention: torch.Tensor, targets: Sequence[LookupTarge
     own = torch.zeros(len(targets), n, dtype=torch.bool, device=patches.shape.device)
     for i, t in enumerate(targets):
         for shape, colour in t.objects:
-            own[i] |= object_patches(patches, shape, colour)[t.row]
+            own[i] |= object_patches(patches, shape, colour, t.row)
         own[i, list(t.region)] = True
     has = own.any(-1).to(attention.device)
     if not has.any():

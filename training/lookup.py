@@ -117,9 +117,12 @@ def cell_prefixes(scene: Scene, q: Question) -> List[Tuple[int, str]]:
     return [(c, q.answer[:e]) for c, e in zip(cells, ends)]
 
 
-def object_patches(patches: PatchTargets, shape, colour) -> torch.Tensor:
-    """Which patch tokens belong to the object of `shape` and `colour` (indices, or [B,1] tensors)."""
-    return (patches.shape == shape) & (patches.colour == colour)
+def object_patches(patches: PatchTargets, shape, colour, row: Optional[int] = None) -> torch.Tensor:
+    """Which patch tokens belong to the object of `shape` and `colour` (indices, or [B,1] tensors):
+    [B,P], or [P] for one `row` of the batch."""
+    if row is None:
+        return (patches.shape == shape) & (patches.colour == colour)
+    return (patches.shape[row] == shape) & (patches.colour[row] == colour)
 
 
 @dataclass
