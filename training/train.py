@@ -39,7 +39,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -118,6 +118,9 @@ class Schedule:
     # a weight-space ensemble of the model before and after the stage (as WiSE-FT); below 1 it trades
     # part of the lookup's gain for the captions the stage costs
     lookup_keep: float = 1.0
+    # what the lookup stage trains, of "vision" (the ViT, at vision_lr_scale of lookup_lr), "projector"
+    # and "decoder": runs 5-8 kept the ViT frozen, so no lookup run could mend a shape it misreads
+    lookup_trains: Tuple[str, ...] = ("projector", "decoder")
     probe_weight: float = 0.5  # instruct, focus: the vision probe's loss kept on, so the ViT keeps its features
     # align, instruct, focus, lookup: weight of the place probe (grounding.PlaceProbe), which keeps each
     # object's grid cell readable in its projected image tokens; 0: off
@@ -270,7 +273,7 @@ def lookup_stage_loss(model: SQLLaVA, batch: Batch, patches: PatchTargets, sched
         return loss
 
     try:
-        loss = lm_loss(model, batch, vision_grad=False, image_loss=on_image)
+        loss = lm_loss(model, batch, vision_grad="vision" in sched.lookup_trains, image_loss=on_image)
         if batch.lookup is not None:
             heads = range(model.cfg.text.num_heads // model.cfg.text.num_kv_heads)  # the first KV group
             loss = loss + sched.lookup_weight * lookup_attention_loss(attn.attention, batch.lookup, patches,
@@ -466,10 +469,11 @@ def cosine(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str,
-                       place: Optional[PlaceProbe] = None) -> Dict[str, List[nn.Parameter]]:
+def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str, place: Optional[PlaceProbe] = None,
+                       lookup_trains: Sequence[str] = ("projector", "decoder")) -> Dict[str, List[nn.Parameter]]:
     """What each stage trains: {"main": [...], "vision": [...]}; everything else is frozen. The
-    place probe, where there is one, trains with the projector it reads."""
+    place probe, where there is one, trains with the projector it reads; the lookup stage trains
+    the parts `lookup_trains` names."""
     vision = list(model.model.vision_tower.parameters()) + list(probe.parameters())
     projector = list(model.model.mm_projector.parameters()) + (list(place.parameters()) if place is not None else [])
     decoder = [p for n, p in model.named_parameters()
@@ -479,13 +483,22 @@ def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str,
             "align": {"main": projector},
             "instruct": {"main": projector + decoder, "vision": vision},
             "focus": {"main": projector + decoder, "vision": vision},
-            "lookup": {"main": projector + decoder}}[stage]
+            "lookup": lookup_parts(lookup_trains, vision, projector, decoder)}[stage]
+
+
+def lookup_parts(names: Sequence[str], vision: List[nn.Parameter], projector: List[nn.Parameter],
+                 decoder: List[nn.Parameter]) -> Dict[str, List[nn.Parameter]]:
+    unknown = set(names) - {"vision", "projector", "decoder"}
+    if unknown or not names:
+        raise SystemExit(f"lookup_trains: {','.join(names)}: expected some of vision, projector, decoder")
+    main = (projector if "projector" in names else []) + (decoder if "decoder" in names else [])
+    return {"main": main, **({"vision": vision} if "vision" in names else {})}
 
 
 def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedule, place: Optional[PlaceProbe] = None):
     lr = sched.lr(stage)
-    parts = trained_parameters(model, probe, stage, place)
-    groups = [{"params": parts["main"], "lr": lr}]
+    parts = trained_parameters(model, probe, stage, place, sched.lookup_trains)
+    groups = [{"params": parts["main"], "lr": lr}] if parts["main"] else []
     if "vision" in parts:
         groups.append({"params": parts["vision"], "lr": lr * sched.vision_lr_scale})
     for g in groups:
@@ -620,7 +633,8 @@ def train(args, tokenizer=None) -> SQLLaVA:
         if opt_state is not None:
             opt.load_state_dict(opt_state)
             opt_state = None
-        trained = {id(p) for group in trained_parameters(model, probe, name, place).values() for p in group}
+        trained = {id(p) for group in trained_parameters(model, probe, name, place, sched.lookup_trains).values()
+                   for p in group}
         for p in list(model.parameters()) + list(probe.parameters()) + (list(place.parameters()) if place else []):
             p.requires_grad_(id(p) in trained)
         model.train()

@@ -489,3 +489,27 @@ def test_init_from_a_bundle_folder_continues_the_committed_model(tmp_path):
     held = [k for k in after if not any(u in k for u in unused)]
     assert before.keys() == after.keys() and len(held) > 100
     assert all(torch.equal(before[k], after[k]) for k in held)
+
+
+@pytest.mark.parametrize("trains", [("vision",), ("vision", "projector", "decoder")])
+def test_lookup_trains_names_the_parts_the_lookup_stage_moves(tmp_path, monkeypatch, trains):
+    """`lookup_trains`: the lookup stage trains the ViT only where it is named (runs 5-8 froze it),
+    with gradients through the frozen rest; an unknown part is refused."""
+    from training import train as T
+    monkeypatch.setitem(T.SCHEDULES, "looked", dataclasses.replace(
+        T.SCHEDULES["smoke"], vision_steps=0, language_steps=0, align_steps=0, instruct_steps=0, focus_steps=0,
+        lookup_steps=2, lookup_lr=1e-3, vision_lr_scale=1.0, lookup_trains=trains, warmup=1))
+    torch.manual_seed(0)
+    model = T.build_model("tiny", "full")
+    init = tmp_path / "focus.pt"
+    torch.save({"model": model.state_dict(), "next_stage": T.STAGES.index("lookup")}, init)
+    out = tmp_path / "run"
+    T.main(["--preset", "tiny", "--schedule", "looked", "--init-from", str(init), "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    before, after = model.state_dict(), torch.load(out / "final.pt")["model"]
+    moved = {k.split(".")[1] for k in before if k.startswith("model.") and not torch.equal(before[k], after[k])}
+    assert "vision_tower" in moved
+    assert moved == ({"vision_tower"} if trains == ("vision",) else {"vision_tower", "mm_projector", "layers",
+                                                                       "embed_tokens", "norm"})
+    with pytest.raises(SystemExit, match="lookup_trains"):
+        T.trained_parameters(model, T.PatchProbe(model.cfg.vision.hidden_size), "lookup", None, ("eyes",))
