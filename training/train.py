@@ -119,7 +119,8 @@ class Schedule:
     # part of the lookup's gain for the captions the stage costs
     lookup_keep: float = 1.0
     # what the lookup stage trains, of "vision" (the ViT, at vision_lr_scale of lookup_lr), "projector"
-    # and "decoder": runs 5-8 kept the ViT frozen, so no lookup run could mend a shape it misreads
+    # and "decoder": runs 5-8 kept the ViT frozen (training it on a CPU cost captions: training/README.md,
+    # session 13)
     lookup_trains: Tuple[str, ...] = ("projector", "decoder")
     probe_weight: float = 0.5  # instruct, focus: the vision probe's loss kept on, so the ViT keeps its features
     # align, instruct, focus, lookup: weight of the place probe (grounding.PlaceProbe), which keeps each

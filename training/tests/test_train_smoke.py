@@ -21,6 +21,19 @@ def tok():
     return LlamaTokenizer.from_file("training/assets/llama-tokenizer.json")
 
 
+def train_tiny(tmp_path, model, next_stage: int, schedule: str, *args: str):
+    """`training.train` on the tiny preset, from `model`'s weights saved as a checkpoint whose
+    next stage is `next_stage`; returns the run folder."""
+    from training import train as T
+    from training.sqllava.configs import config_to_dict
+    init = tmp_path / "init.pt"
+    torch.save({"model": model.state_dict(), "config": config_to_dict(model.cfg), "next_stage": next_stage}, init)
+    out = tmp_path / "run"
+    T.main(["--preset", "tiny", "--schedule", schedule, "--init-from", str(init), "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0", *args])
+    return out
+
+
 def test_v1_sq_layout_and_loss_mask(tok):
     turns = [("USER", "How many shapes are there?", "There are two shapes."),
              ("VUSER", "What color is the star?", "The star is red."),
@@ -145,15 +158,9 @@ def test_lookup_keep_ends_between_before_and_after_the_stage(tmp_path, monkeypat
     stage started from to those it ended with (lookup.pt)."""
     import dataclasses
     from training import train as T
-    from training.sqllava.configs import config_to_dict
     model = T.build_model("tiny", "full")
-    init = tmp_path / "focus.pt"
-    torch.save({"model": model.state_dict(), "config": config_to_dict(model.cfg),
-                "next_stage": T.STAGES.index("lookup")}, init)
     monkeypatch.setitem(T.SCHEDULES, "keep", dataclasses.replace(T.SCHEDULES["smoke"], lookup_keep=0.25))
-    out = tmp_path / "run"
-    T.main(["--preset", "tiny", "--schedule", "keep", "--init-from", str(init), "--out", str(out),
-            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    out = train_tiny(tmp_path, model, T.STAGES.index("lookup"), "keep")
     before, after = model.state_dict(), torch.load(out / "lookup.pt")["model"]
     final = torch.load(out / "final.pt")["model"]
     moved = [k for k in final if not torch.equal(before[k], after[k])]
@@ -336,11 +343,7 @@ def test_place_probe_trains_with_the_projector_and_is_not_exported(tmp_path, mon
         T.SCHEDULES["smoke"], vision_steps=0, language_steps=0, align_steps=30, align_lr=3e-3, instruct_steps=0,
         focus_steps=0, lookup_steps=2, place_probe=1.0, warmup=1))
     model = T.build_model("tiny", "full")
-    init = tmp_path / "language.pt"
-    torch.save({"model": model.state_dict(), "next_stage": T.STAGES.index("align")}, init)
-    out = tmp_path / "run"
-    T.main(["--preset", "tiny", "--schedule", "placed", "--init-from", str(init), "--out", str(out),
-            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    out = train_tiny(tmp_path, model, T.STAGES.index("align"), "placed")
     assert "[align] place probe on validation scenes:" in capsys.readouterr().out
     align, lookup = torch.load(out / "align.pt"), torch.load(out / "lookup.pt")
     assert set(align["place"]) == {"cell.weight", "cell.bias"}
@@ -444,13 +447,8 @@ def test_lookup_captions_turns_the_stages_single_turn_samples_into_captions(tok)
 def test_start_runs_a_stage_again_from_a_finished_runs_checkpoint(tmp_path, monkeypatch):
     """`--start lookup` with `--init-from` a checkpoint saved after the lookup stage runs it again."""
     from training import train as T
-    from training.sqllava.configs import config_to_dict
     model = T.build_model("tiny", "full")
-    init = tmp_path / "lookup.pt"
-    torch.save({"model": model.state_dict(), "config": config_to_dict(model.cfg), "next_stage": len(T.STAGES)}, init)
-    out = tmp_path / "again"
-    T.main(["--preset", "tiny", "--schedule", "smoke", "--init-from", str(init), "--start", "lookup", "--out", str(out),
-            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    out = train_tiny(tmp_path, model, len(T.STAGES), "smoke", "--start", "lookup")
     assert [p.name for p in sorted(out.glob("*.pt"))] == ["ckpt.pt", "final.pt", "lookup.pt"]
     after = torch.load(out / "final.pt")["model"]
     assert any(not torch.equal(model.state_dict()[k], after[k]) for k in after)
@@ -501,11 +499,7 @@ def test_lookup_trains_names_the_parts_the_lookup_stage_moves(tmp_path, monkeypa
         lookup_steps=2, lookup_lr=1e-3, vision_lr_scale=1.0, lookup_trains=trains, warmup=1))
     torch.manual_seed(0)
     model = T.build_model("tiny", "full")
-    init = tmp_path / "focus.pt"
-    torch.save({"model": model.state_dict(), "next_stage": T.STAGES.index("lookup")}, init)
-    out = tmp_path / "run"
-    T.main(["--preset", "tiny", "--schedule", "looked", "--init-from", str(init), "--out", str(out),
-            "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0"])
+    out = train_tiny(tmp_path, model, T.STAGES.index("lookup"), "looked")
     before, after = model.state_dict(), torch.load(out / "final.pt")["model"]
     moved = {k.split(".")[1] for k in before if k.startswith("model.") and not torch.equal(before[k], after[k])}
     assert "vision_tower" in moved
