@@ -473,26 +473,27 @@ def cosine(step: int, total: int, warmup: int) -> float:
 def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str, place: Optional[PlaceProbe] = None,
                        lookup_trains: Sequence[str] = ("projector", "decoder")) -> Dict[str, List[nn.Parameter]]:
     """What each stage trains: {"main": [...], "vision": [...]}; everything else is frozen. The
-    place probe, where there is one, trains with the projector it reads; the lookup stage trains
-    the parts `lookup_trains` names."""
+    place probe, where there is one, trains in every stage that has it: a frozen random probe would
+    only push what it reads towards noise. The lookup stage trains the parts `lookup_trains` names."""
     vision = list(model.model.vision_tower.parameters()) + list(probe.parameters())
-    projector = list(model.model.mm_projector.parameters()) + (list(place.parameters()) if place is not None else [])
+    projector = list(model.model.mm_projector.parameters())
+    placed = list(place.parameters()) if place is not None else []
     decoder = [p for n, p in model.named_parameters()
                if not n.startswith(("model.vision_tower.", "model.mm_projector."))]
     return {"vision": {"main": vision},
             "language": {"main": decoder},
-            "align": {"main": projector},
-            "instruct": {"main": projector + decoder, "vision": vision},
-            "focus": {"main": projector + decoder, "vision": vision},
-            "lookup": lookup_parts(lookup_trains, vision, projector, decoder)}[stage]
+            "align": {"main": projector + placed},
+            "instruct": {"main": projector + placed + decoder, "vision": vision},
+            "focus": {"main": projector + placed + decoder, "vision": vision},
+            "lookup": lookup_parts(lookup_trains, vision, projector, decoder, placed)}[stage]
 
 
 def lookup_parts(names: Sequence[str], vision: List[nn.Parameter], projector: List[nn.Parameter],
-                 decoder: List[nn.Parameter]) -> Dict[str, List[nn.Parameter]]:
+                 decoder: List[nn.Parameter], placed: List[nn.Parameter]) -> Dict[str, List[nn.Parameter]]:
     unknown = set(names) - {"vision", "projector", "decoder"}
     if unknown or not names:
         raise SystemExit(f"lookup_trains: {','.join(names)}: expected some of vision, projector, decoder")
-    main = (projector if "projector" in names else []) + (decoder if "decoder" in names else [])
+    main = (projector if "projector" in names else []) + placed + (decoder if "decoder" in names else [])
     return {"main": main, **({"vision": vision} if "vision" in names else {})}
 
 

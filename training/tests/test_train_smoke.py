@@ -505,5 +505,8 @@ def test_lookup_trains_names_the_parts_the_lookup_stage_moves(tmp_path, monkeypa
     assert "vision_tower" in moved
     assert moved == ({"vision_tower"} if trains == ("vision",) else {"vision_tower", "mm_projector", "layers",
                                                                        "embed_tokens", "norm"})
+    probe, place = T.PatchProbe(model.cfg.vision.hidden_size), T.PlaceProbe(model.cfg.text.hidden_size)
+    main = {id(p) for p in T.trained_parameters(model, probe, "lookup", place, trains)["main"]}
+    assert all(id(p) in main for p in place.parameters())  # the place probe learns whatever else is frozen
     with pytest.raises(SystemExit, match="lookup_trains"):
-        T.trained_parameters(model, T.PatchProbe(model.cfg.vision.hidden_size), "lookup", None, ("eyes",))
+        T.trained_parameters(model, probe, "lookup", None, ("eyes",))
