@@ -635,8 +635,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
         if opt_state is not None:
             opt.load_state_dict(opt_state)
             opt_state = None
-        trained = {id(p) for group in trained_parameters(model, probe, name, place, sched.lookup_trains).values()
-                   for p in group}
+        trained = {id(p) for g in opt.param_groups for p in g["params"]}  # what the stage trains, as grouped
         for p in list(model.parameters()) + list(probe.parameters()) + (list(place.parameters()) if place else []):
             p.requires_grad_(id(p) in trained)
         model.train()
