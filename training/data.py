@@ -14,7 +14,7 @@ import json
 import os
 import random
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -222,12 +222,17 @@ def step_rng(seed: int, *keys) -> random.Random:
     return random.Random(int.from_bytes(h[:8], "little"))
 
 
-def scene_and_image(rng: random.Random, size: int, sharp: Optional[SharpPool], p_sharp: float = 0.15
-                    ) -> Tuple[Scene, torch.Tensor]:
+def scene_and_image(rng: random.Random, size: int, sharp: Optional[SharpPool], p_sharp: float = 0.15,
+                    far_aspect: float = 0.0) -> Tuple[Scene, torch.Tensor]:
+    """A training scene and its preprocessed image. `far_aspect`: the share of the PIL-rendered scenes
+    redrawn at 1.3-1.7:1, wide or tall, where padding to square leaves a small object 10-14 px on a
+    128 px input (training/README.md, session 13); 0 keeps the world's own mix (60% square)."""
     if sharp is not None and len(sharp) and rng.random() < p_sharp:
         scene, img = sharp.get(rng)
     else:
         scene = scene_for("train", rng.randrange(40_000_000))
+        if far_aspect and rng.random() < far_aspect:
+            scene = replace(scene, aspect=rng.uniform(1.3, 1.7) if rng.random() < 0.5 else rng.uniform(0.6, 0.77))
         img = render_augmented(scene, rng)
     return scene, preprocess_image(img, size)
 

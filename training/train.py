@@ -122,6 +122,13 @@ class Schedule:
     # and "decoder": runs 5-8 kept the ViT frozen (training it on a CPU cost captions: training/README.md,
     # session 13)
     lookup_trains: Tuple[str, ...] = ("projector", "decoder")
+    # where the lookup stage trains the ViT: the weight of the vision probe's loss (as instruct's
+    # probe_weight), so the ViT is taught shapes directly, not only through the decoder; 0: off
+    lookup_probe: float = 0.0
+    # steps at the lookup stage's start in which the ViT stays put while the vision probe fits (a bundle
+    # carries no probe, so a continuation of one starts it afresh)
+    lookup_vision_hold: int = 0
+    far_aspect: float = 0.0  # training.data.scene_and_image: the share of scenes redrawn wide or tall
     probe_weight: float = 0.5  # instruct, focus: the vision probe's loss kept on, so the ViT keeps its features
     # align, instruct, focus, lookup: weight of the place probe (grounding.PlaceProbe), which keeps each
     # object's grid cell readable in its projected image tokens; 0: off
@@ -260,10 +267,12 @@ def lm_loss(model: SQLLaVA, batch: Batch, vision_grad: bool = True, candidates: 
 
 def lookup_stage_loss(model: SQLLaVA, batch: Batch, patches: PatchTargets, sched: Schedule,
                       words: Tuple[List[List[int]], ...],
-                      image_loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+                      image_loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                      probe: Optional[PatchProbe] = None) -> torch.Tensor:
     """The lookup stage: the exact next-token loss plus the grounding losses (training/grounding.py)
     -- the lookup attention on batches of questions about one object, the word alignment on all
-    -- and `image_loss` (the place probe's) on the image tokens."""
+    -- `image_loss` (the place probe's) on the image tokens, and with `probe` the vision probe's
+    loss at `lookup_probe`."""
     attn = model.model.layers[sched.lookup_layer].self_attn
     attn.keep_attention = batch.lookup is not None
 
@@ -274,7 +283,8 @@ def lookup_stage_loss(model: SQLLaVA, batch: Batch, patches: PatchTargets, sched
         return loss
 
     try:
-        loss = lm_loss(model, batch, vision_grad="vision" in sched.lookup_trains, image_loss=on_image)
+        loss = lm_loss(model, batch, vision_grad="vision" in sched.lookup_trains, image_loss=on_image,
+                       probe=probe, vision_targets=patches, probe_weight=sched.lookup_probe)
         if batch.lookup is not None:
             heads = range(model.cfg.text.num_heads // model.cfg.text.num_kv_heads)  # the first KV group
             loss = loss + sched.lookup_weight * lookup_attention_loss(attn.attention, batch.lookup, patches,
@@ -325,7 +335,7 @@ class Data:
         if rng.random() >= p_full:
             s = sample_scene(rng, n_objects=1 if rng.random() < 0.6 else 2, seed=-1)
             return s, preprocess_image(render_augmented(s, rng, strength=0.6), size)
-        return scene_and_image(rng, size, self.sharp, self.sched.p_sharp)
+        return scene_and_image(rng, size, self.sharp, self.sched.p_sharp, self.sched.far_aspect)
 
     def vision_batch(self, step: int, bsz: int, total: int) -> Tuple[torch.Tensor, PatchTargets]:
         scenes, pix = [], []
@@ -356,7 +366,8 @@ class Data:
             if stage == "language":
                 s = scene_for("train", rng.randrange(40_000_000))
             else:
-                s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
+                s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp,
+                                              self.sched.far_aspect)
                 pix.append(p)
             captions = (stage == "lookup" and template == "v1" and self.sched.lookup_captions
                         and rng.random() < self.sched.lookup_captions)
@@ -374,7 +385,8 @@ class Data:
         for i in range(bsz):
             rng = step_rng(self.seed, STAGES.index("lookup"), step, i)
             while True:
-                s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp)
+                s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp,
+                                              self.sched.far_aspect)
                 try:
                     sample, targets = lookup_sample(s, rng, self.enc, self.sched.lookup_forms, grid,
                                                     self.sched.relation_cells)
@@ -475,7 +487,8 @@ def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str, place: Opt
     """What each stage trains: {"main": [...], "vision": [...]}; everything else is frozen. The
     place probe, where there is one, trains in every stage that has it: a frozen random probe would
     only push what it reads towards noise. The lookup stage trains the parts `lookup_trains` names."""
-    vision = list(model.model.vision_tower.parameters()) + list(probe.parameters())
+    vit, probed = list(model.model.vision_tower.parameters()), list(probe.parameters())
+    vision = vit + probed
     projector = list(model.model.mm_projector.parameters())
     placed = list(place.parameters()) if place is not None else []
     decoder = [p for n, p in model.named_parameters()
@@ -485,24 +498,28 @@ def trained_parameters(model: SQLLaVA, probe: PatchProbe, stage: str, place: Opt
             "align": {"main": projector + placed},
             "instruct": {"main": projector + placed + decoder, "vision": vision},
             "focus": {"main": projector + placed + decoder, "vision": vision},
-            "lookup": lookup_parts(lookup_trains, vision, projector, decoder, placed)}[stage]
+            "lookup": lookup_parts(lookup_trains, vit, probed, projector, decoder, placed)}[stage]
 
 
-def lookup_parts(names: Sequence[str], vision: List[nn.Parameter], projector: List[nn.Parameter],
-                 decoder: List[nn.Parameter], placed: List[nn.Parameter]) -> Dict[str, List[nn.Parameter]]:
+def lookup_parts(names: Sequence[str], vit: List[nn.Parameter], probe: List[nn.Parameter],
+                 projector: List[nn.Parameter], decoder: List[nn.Parameter],
+                 placed: List[nn.Parameter]) -> Dict[str, List[nn.Parameter]]:
+    """The lookup stage's groups. With the ViT, the vision probe trains at the full rate (in "main"):
+    it starts afresh from a bundle and must fit before it steers the ViT (`lookup_vision_hold`)."""
     unknown = set(names) - {"vision", "projector", "decoder"}
     if unknown or not names:
         raise SystemExit(f"lookup_trains: {','.join(names)}: expected some of vision, projector, decoder")
-    main = (projector if "projector" in names else []) + placed + (decoder if "decoder" in names else [])
-    return {"main": main, **({"vision": vision} if "vision" in names else {})}
+    main = ((projector if "projector" in names else []) + placed + (decoder if "decoder" in names else [])
+            + (probe if "vision" in names else []))
+    return {"main": main, **({"vision": vit} if "vision" in names else {})}
 
 
 def make_optimizer(model: SQLLaVA, probe: PatchProbe, stage: str, sched: Schedule, place: Optional[PlaceProbe] = None):
     lr = sched.lr(stage)
     parts = trained_parameters(model, probe, stage, place, sched.lookup_trains)
-    groups = [{"params": parts["main"], "lr": lr}] if parts["main"] else []
+    groups = [{"params": parts["main"], "lr": lr, "part": "main"}] if parts["main"] else []
     if "vision" in parts:
-        groups.append({"params": parts["vision"], "lr": lr * sched.vision_lr_scale})
+        groups.append({"params": parts["vision"], "lr": lr * sched.vision_lr_scale, "part": "vision"})
     for g in groups:
         g["base_lr"] = g["lr"]
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=sched.weight_decay)
@@ -624,6 +641,8 @@ def train(args, tokenizer=None) -> SQLLaVA:
         model.train()
         return f"probe on validation scenes: shape {shape * 100:.1f}% colour {colour * 100:.1f}% cell {cell * 100:.1f}%"
 
+    # the lookup stage teaches the ViT through the vision probe only where it trains the ViT
+    probed_lookup = bool(sched.lookup_probe) and "vision" in sched.lookup_trains
     last_ckpt = time.time()
     while stage < len(STAGES):
         name = STAGES[stage]
@@ -645,8 +664,9 @@ def train(args, tokenizer=None) -> SQLLaVA:
         feed = batches(data, name, step, total, sched.batch(name), sched.sq_r, args.workers)
         while step < total:
             lr_f = cosine(step, total, sched.warmup)
+            held = name == "lookup" and step < sched.lookup_vision_hold
             for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * lr_f
+                g["lr"] = 0.0 if held and g.get("part") == "vision" else g["base_lr"] * lr_f
             ts = time.time()
             item = to_device(next(feed), dev)
             t_data += time.time() - ts
@@ -655,7 +675,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
                 loss = probe_loss(probe(model.model.vision_tower(pix)), vt)
             elif name == "lookup":
                 batch, vt = item
-                loss = lookup_stage_loss(model, batch, vt, sched, words, placed(vt))
+                loss = lookup_stage_loss(model, batch, vt, sched, words, placed(vt), probe if probed_lookup else None)
             else:
                 batch, vt = item
                 cand = None
@@ -689,7 +709,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
                         vl = [lm_loss(model, vb).item() for vb in (text_vals if name == "language" else vals)]
                     model.train()
                     print(f"[{name}] val loss v1 {vl[0]:.4f} v1_sq {vl[1]:.4f}", flush=True)
-                if name in ("vision",) + TUNING:
+                if name in ("vision",) + TUNING or (name == "lookup" and probed_lookup):
                     print(f"[{name}] {probe_accuracy()}", flush=True)
                 if place is not None and name in PLACE_PROBED:
                     print(f"[{name}] {place_accuracy()}", flush=True)

@@ -510,3 +510,35 @@ def test_lookup_trains_names_the_parts_the_lookup_stage_moves(tmp_path, monkeypa
     assert all(id(p) in main for p in place.parameters())  # the place probe learns whatever else is frozen
     with pytest.raises(SystemExit, match="lookup_trains"):
         T.trained_parameters(model, probe, "lookup", None, ("eyes",))
+
+
+@pytest.mark.parametrize("hold", [0, 2])
+def test_lookup_probe_teaches_the_vit_after_the_probe_is_held_alone(tmp_path, monkeypatch, capsys, hold):
+    """`lookup_probe`: a lookup stage that trains the ViT adds the vision probe's loss and reports its
+    accuracy; for `lookup_vision_hold` steps only the probe (and the rest) move, the ViT waits."""
+    from training import train as T
+    monkeypatch.setitem(T.SCHEDULES, "probed", dataclasses.replace(
+        T.SCHEDULES["smoke"], vision_steps=0, language_steps=0, align_steps=0, instruct_steps=0, focus_steps=0,
+        lookup_steps=2, lookup_lr=1e-3, vision_lr_scale=1.0, lookup_trains=("vision", "projector", "decoder"),
+        lookup_probe=0.5, lookup_vision_hold=hold, warmup=1))
+    torch.manual_seed(0)
+    model = T.build_model("tiny", "full")
+    out = train_tiny(tmp_path, model, T.STAGES.index("lookup"), "probed")
+    before, after = model.state_dict(), torch.load(out / "final.pt")
+    vit_moved = any(not torch.equal(before[k], after["model"][k]) for k in before if ".vision_tower." in k)
+    assert vit_moved == (hold == 0)
+    assert any(not torch.equal(before[k], after["model"][k]) for k in before if ".mm_projector." in k)
+    assert "[lookup] probe on validation scenes: shape" in capsys.readouterr().out
+
+
+def test_far_aspect_redraws_only_that_share_of_scenes_wide_or_tall():
+    """`far_aspect` 0 leaves the world's mix (and the random stream) as it was; 1 makes every
+    PIL-rendered scene 1.3-1.7:1, wide or tall."""
+    from training.data import scene_and_image
+    from training.world.scene import scene_for
+    plain = [scene_and_image(random.Random(i), 32, None)[0] for i in range(12)]
+    assert plain == [scene_for("train", random.Random(i).randrange(40_000_000)) for i in range(12)]
+    far = [scene_and_image(random.Random(i), 32, None, far_aspect=1.0)[0] for i in range(12)]
+    assert all(max(s.aspect, 1 / s.aspect) >= 1.3 - 1e-9 for s in far)
+    assert {s.aspect > 1 for s in far} == {True, False}
+    assert [s.objects for s in far] == [s.objects for s in plain]  # the same scenes, drawn on another canvas
