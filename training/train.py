@@ -659,7 +659,7 @@ def train(args, tokenizer=None) -> SQLLaVA:
             p.requires_grad_(id(p) in trained)
         model.train()
         ema = None
-        t0 = time.time()
+        t0 = t_log = time.time()  # t0: training time not yet added to `elapsed`; t_log: the last progress line
         t_data = 0.0
         feed = batches(data, name, step, total, sched.batch(name), sched.sq_r, args.workers)
         while step < total:
@@ -695,13 +695,13 @@ def train(args, tokenizer=None) -> SQLLaVA:
             ema = lv if ema is None else 0.95 * ema + 0.05 * lv
             now = time.time()
             if step % args.log_every == 0 or step == total:
-                dt = (now - t0) / max(1, step - (history[-1]["step"] if history and history[-1]["stage"] == stage else 0))
+                dt = (now - t_log) / max(1, step - (history[-1]["step"] if history and history[-1]["stage"] == stage else 0))
                 print(f"[{name}] step {step}/{total} loss {lv:.4f} (ema {ema:.4f}) lr {opt.param_groups[0]['lr']:.2e} "
-                      f"{dt:.2f}s/step (waiting for data {t_data / max(1e-9, now - t0) * 100:.0f}%) "
+                      f"{dt:.2f}s/step (waiting for data {t_data / max(1e-9, now - t_log) * 100:.0f}%) "
                       f"elapsed {(elapsed + now - t0) / 60:.1f} min", flush=True)
                 history.append({"stage": stage, "step": step, "loss": ema})
                 elapsed += now - t0
-                t0, t_data = now, 0.0
+                t0, t_log, t_data = now, now, 0.0
             if step % args.val_every == 0 or step == total:
                 if name != "vision":
                     model.eval()
