@@ -367,7 +367,7 @@ class Data:
                 s = scene_for("train", rng.randrange(40_000_000))
             else:
                 s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp,
-                                              self.sched.far_aspect)
+                                       self.sched.far_aspect)
                 pix.append(p)
             captions = (stage == "lookup" and template == "v1" and self.sched.lookup_captions
                         and rng.random() < self.sched.lookup_captions)
@@ -386,7 +386,7 @@ class Data:
             rng = step_rng(self.seed, STAGES.index("lookup"), step, i)
             while True:
                 s, p = scene_and_image(rng, self.cfg.vision.image_size, self.sharp, self.sched.p_sharp,
-                                              self.sched.far_aspect)
+                                       self.sched.far_aspect)
                 try:
                     sample, targets = lookup_sample(s, rng, self.enc, self.sched.lookup_forms, grid,
                                                     self.sched.relation_cells)
