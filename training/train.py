@@ -119,8 +119,8 @@ class Schedule:
     # part of the lookup's gain for the captions the stage costs
     lookup_keep: float = 1.0
     # what the lookup stage trains, of "vision" (the ViT, at vision_lr_scale of lookup_lr), "projector"
-    # and "decoder": runs 5-8 kept the ViT frozen (training it on a CPU cost captions: training/README.md,
-    # session 13)
+    # and "decoder": runs 5-8 kept the ViT frozen (training it without the vision probe cost captions:
+    # training/README.md, session 13); run 9 trains it with the probe (lookup_probe, session 14)
     lookup_trains: Tuple[str, ...] = ("projector", "decoder")
     # where the lookup stage trains the ViT: the weight of the vision probe's loss (as instruct's
     # probe_weight), so the ViT is taught shapes directly, not only through the decoder; 0: off
@@ -133,7 +133,7 @@ class Schedule:
     # align, instruct, focus, lookup: weight of the place probe (grounding.PlaceProbe), which keeps each
     # object's grid cell readable in its projected image tokens; 0: off
     place_probe: float = 0.0
-    vision_lr_scale: float = 0.3  # instruct, focus: the ViT moves slower than the rest
+    vision_lr_scale: float = 0.3  # instruct, focus, a lookup stage that trains it: the ViT moves slower
     warmup: int = 50
     weight_decay: float = 0.01
     clip: float = 1.0

@@ -10,7 +10,7 @@ from training.data import TextEncoder, collate, full_text, make_sample, preproce
 from training.sqllava.conversation import sq_training_text
 from training.sqllava.tokenizer import LlamaTokenizer
 from training.probe import PatchProbe, patch_targets, probe_loss
-from training.train import Data, Schedule, build_model, candidates_for, lm_loss
+from training.train import SCHEDULES, Data, Schedule, build_model, candidates_for, lm_loss
 from training.world.language import DETAILED_PROMPT
 from training.world.render import render_pil
 from training.world.scene import scene_for
@@ -32,6 +32,13 @@ def train_tiny(tmp_path, model, next_stage: int, schedule: str, *args: str):
     T.main(["--preset", "tiny", "--schedule", schedule, "--init-from", str(init), "--out", str(out),
             "--cache", str(tmp_path / "cache"), "--sharp-pool", "8", "--threads", "1", "--workers", "0", *args])
     return out
+
+
+def lookup_only(**fields) -> Schedule:
+    """The smoke schedule cut to two lookup steps (lr 1e-3, the ViT at the full rate where it
+    trains), with `fields` changed: for checking what one lookup stage moves."""
+    return dataclasses.replace(SCHEDULES["smoke"], vision_steps=0, language_steps=0, align_steps=0, instruct_steps=0,
+                               focus_steps=0, lookup_steps=2, lookup_lr=1e-3, vision_lr_scale=1.0, warmup=1, **fields)
 
 
 def test_v1_sq_layout_and_loss_mask(tok):
@@ -494,9 +501,7 @@ def test_lookup_trains_names_the_parts_the_lookup_stage_moves(tmp_path, monkeypa
     """`lookup_trains`: the lookup stage trains the ViT only where it is named (runs 5-8 froze it),
     with gradients through the frozen rest; an unknown part is refused."""
     from training import train as T
-    monkeypatch.setitem(T.SCHEDULES, "looked", dataclasses.replace(
-        T.SCHEDULES["smoke"], vision_steps=0, language_steps=0, align_steps=0, instruct_steps=0, focus_steps=0,
-        lookup_steps=2, lookup_lr=1e-3, vision_lr_scale=1.0, lookup_trains=trains, warmup=1))
+    monkeypatch.setitem(T.SCHEDULES, "looked", lookup_only(lookup_trains=trains))
     torch.manual_seed(0)
     model = T.build_model("tiny", "full")
     out = train_tiny(tmp_path, model, T.STAGES.index("lookup"), "looked")
@@ -517,10 +522,8 @@ def test_lookup_probe_teaches_the_vit_after_the_probe_is_held_alone(tmp_path, mo
     """`lookup_probe`: a lookup stage that trains the ViT adds the vision probe's loss and reports its
     accuracy; for `lookup_vision_hold` steps only the probe (and the rest) move, the ViT waits."""
     from training import train as T
-    monkeypatch.setitem(T.SCHEDULES, "probed", dataclasses.replace(
-        T.SCHEDULES["smoke"], vision_steps=0, language_steps=0, align_steps=0, instruct_steps=0, focus_steps=0,
-        lookup_steps=2, lookup_lr=1e-3, vision_lr_scale=1.0, lookup_trains=("vision", "projector", "decoder"),
-        lookup_probe=0.5, lookup_vision_hold=hold, warmup=1))
+    monkeypatch.setitem(T.SCHEDULES, "probed", lookup_only(lookup_trains=("vision", "projector", "decoder"),
+                                                         lookup_probe=0.5, lookup_vision_hold=hold))
     torch.manual_seed(0)
     model = T.build_model("tiny", "full")
     out = train_tiny(tmp_path, model, T.STAGES.index("lookup"), "probed")
